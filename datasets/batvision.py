@@ -1,0 +1,365 @@
+"""Readers of the BatVision V1 and V2 on-disk formats (see ``../shared/docs/batvision-format.md``).
+
+This module parses the split CSVs and reads the WAV / ``.npy`` / JPEG files exactly as they are
+on disk; every tensor operation lives in the named recipe (``datasets.recipes``) and the optional
+preprocessing cache in ``datasets.cache``. Items follow the sample contract of
+``datasets.sample``. Bad input raises ``DataError`` naming the file — never a silent zero sample.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from scipy.io import wavfile
+from torch.utils.data import Dataset
+
+from datasets.cache import SampleCache, open_or_build
+from datasets.errors import DataError
+from datasets.recipes import AUDIO_MODES, SAMPLE_RATE, Recipe, get_recipe, rgb_tensor
+from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
+
+PathLike = Union[str, "os.PathLike[str]"]
+INT32_FULL_SCALE = 2.0 ** 31
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where one sample's files are.
+
+    Attributes:
+        location: location name (V2 folder; V1: first folder of the depth path).
+        index: V2 ``index`` column; V1 row number in the split CSV.
+        audio_paths: ``(wav,)`` for V2, ``(left .npy, right .npy)`` for V1.
+        depth_path: depth ``.npy`` (millimetres).
+        camera_path: camera JPEG, ``None`` when the CSV has no camera column.
+    """
+
+    location: str
+    index: int
+    audio_paths: Tuple[Path, ...]
+    depth_path: Path
+    camera_path: Optional[Path]
+
+
+# --------------------------------------------------------------------------------------------
+# File readers: one per file kind, each turning any failure into a DataError naming the file.
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(path, f"corrupt .npy ({exc})") from exc
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """Read a V2 recording: PCM WAV, 2 channels, 44.1 kHz, int32.
+
+    Returns:
+        (2, T) float32 in [-1, 1) (int32 / 2**31, as torchaudio), left ear first.
+    """
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        rate, data = wavfile.read(path)
+    except (OSError, ValueError, EOFError, struct.error) as exc:
+        raise DataError(path, f"corrupt WAV ({exc})") from exc
+    # scipy returns the frames of a truncated file with only a warning: compare the RIFF size.
+    with open(path, "rb") as f:
+        riff_size = struct.unpack("<4sI", f.read(8))[1] + 8
+    if riff_size != 0xFFFFFFFF + 8 and path.stat().st_size < riff_size:
+        raise DataError(path, f"truncated WAV: {path.stat().st_size} bytes, the header says "
+                              f"{riff_size}")
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    if channels != 2:
+        raise DataError(path, f"WAV has {channels} channel(s), expected 2")
+    if rate != SAMPLE_RATE:
+        raise DataError(path, f"WAV sample rate is {rate} Hz, expected {SAMPLE_RATE}")
+    if data.dtype != np.int32:
+        raise DataError(path, f"WAV samples are {data.dtype}, expected int32")
+    return (data.T / INT32_FULL_SCALE).astype(np.float32)
+
+
+def read_ear_pair(left: Path, right: Path) -> np.ndarray:
+    """Read a V1 recording: one 1-D ``.npy`` per ear, equal lengths.
+
+    Returns:
+        (2, T) float32 waveform, left ear first.
+    """
+    ears = []
+    for path in (left, right):
+        ear = _load_npy(path)
+        if ear.ndim != 1 or not np.issubdtype(ear.dtype, np.number):
+            raise DataError(path, f"expected a 1-D numeric array, got {ear.dtype} {ear.shape}")
+        ears.append(ear.astype(np.float32))
+    if len(ears[0]) != len(ears[1]):
+        raise DataError(right, f"{len(ears[1])} samples, but the left ear {left} has "
+                               f"{len(ears[0])}")
+    return np.stack(ears)
+
+
+def read_depth_mm(path: Path) -> np.ndarray:
+    """Read a depth map: 2-D ``.npy`` in millimetres (V2 uint16, V1 float with NaN/±inf).
+
+    Returns:
+        (H, W) array in its stored dtype; interpretation of holes is the recipe's job.
+    """
+    depth = _load_npy(path)
+    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+        raise DataError(path, f"expected a 2-D numeric depth map, got {depth.dtype} {depth.shape}")
+    return depth
+
+
+def read_camera(path: Path) -> np.ndarray:
+    """Read a camera JPEG as (H, W, 3) uint8 RGB."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:   # PIL reports corrupt data as these
+        raise DataError(path, f"corrupt image ({exc})") from exc
+
+
+def read_csv(path: Path, required: Sequence[str]) -> Tuple[List[Dict[str, str]], bytes]:
+    """Read a split CSV and check that it has the ``required`` columns, each filled in every row.
+
+    Returns:
+        the rows as dicts, and the file's bytes (they key the preprocessing cache).
+    """
+    if not path.is_file():
+        raise DataError(path, "split CSV not found")
+    raw = path.read_bytes()
+    try:
+        reader = csv.DictReader(raw.decode("utf-8-sig").splitlines())
+        header = reader.fieldnames or []
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"unreadable CSV ({exc})") from exc
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}; header is {header}")
+    for line, row in enumerate(rows, start=2):
+        empty = [c for c in required if not row.get(c)]
+        if empty:
+            raise DataError(path, f"line {line}: empty {empty}")
+    return rows, raw
+
+
+def _parse_index(value: str, csv_path: Path) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise DataError(csv_path, f"index {value!r} is not an integer") from exc
+
+
+def _keep_locations(available: Sequence[str], requested: Optional[Iterable[str]],
+                    root: Path) -> List[str]:
+    """Sorted ``available`` names, or the ``requested`` ones (an unknown name → DataError)."""
+    available = sorted(set(available))
+    if requested is None:
+        return available
+    requested = sorted(set([requested] if isinstance(requested, str) else requested))
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise DataError(root, f"no location(s) {unknown}; available: {available}")
+    return requested
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets
+
+class _BatvisionDataset(Dataset):
+    """Shared reader: records → raw arrays → recipe tensors (or the preprocessing cache).
+
+    Subclasses list the records of a split (``_scan``) and name their format.
+    """
+
+    format: ClassVar[str]
+    default_max_depth: ClassVar[float]
+
+    def __init__(self, root: PathLike, split: str, max_depth: Optional[float] = None,
+                 image_size: int = 256, audio: str = "spectrogram", use_rgb: bool = False,
+                 recipe: str = "default", locations: Optional[Iterable[str]] = None,
+                 cache_dir: Optional[PathLike] = None) -> None:
+        if audio not in AUDIO_MODES:
+            raise ValueError(f"unknown audio mode {audio!r}; expected one of {AUDIO_MODES}")
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.root = Path(os.path.abspath(root))
+        self.split = split
+        self.max_depth = float(self.default_max_depth if max_depth is None else max_depth)
+        if self.max_depth <= 0:
+            raise ValueError(f"max_depth must be positive, got {self.max_depth}")
+        self.image_size = image_size
+        self.audio = audio
+        self.use_rgb = use_rgb
+        self.recipe: Recipe = get_recipe(recipe)
+        cut = self.recipe.cut_length(self.max_depth, self.format)
+        if cut is not None and cut < self.recipe.min_audio_samples:
+            raise ValueError(f"max_depth {self.max_depth} m keeps {cut} samples; the STFT needs "
+                             f"at least {self.recipe.min_audio_samples}")
+        # Shorter audio would be stretched over the same S×S grid as full-length audio: refuse it.
+        self.min_audio_samples = max(self.recipe.min_audio_samples, cut or 0)
+        if not self.root.is_dir():
+            raise DataError(self.root, "dataset root not found")
+        self.records, csv_bytes = self._scan(locations)
+        if not self.records:
+            raise DataError(self.root, f"split {split!r} has no samples")
+        self.locations = sorted({r.location for r in self.records})
+        self._cache: Optional[SampleCache] = None
+        if cache_dir is not None:
+            params = {
+                "format": self.format, "root": str(self.root), "split": split,
+                "locations": self.locations, "image_size": image_size, "audio": audio,
+                "use_rgb": use_rgb, "max_depth": self.max_depth, "recipe": self.recipe.params(),
+                "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
+            }
+            self._cache = open_or_build(
+                cache_dir, f"{self.format}-{split}", params, len(self.records), self.load_sample)
+
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Sample:
+        i = range(len(self.records))[i]
+        return self._cache[i] if self._cache is not None else self.load_sample(i)
+
+    def load_sample(self, i: int) -> Sample:
+        """Read and preprocess sample ``i`` from the source files, bypassing any cache."""
+        record = self.records[i]
+        if len(record.audio_paths) == 1:
+            waveform = read_wav(record.audio_paths[0])
+        else:
+            waveform = read_ear_pair(*record.audio_paths)
+        if waveform.shape[1] < self.min_audio_samples:
+            raise DataError(record.audio_paths[0],
+                            f"{waveform.shape[1]} samples, too short: the {self.recipe.name} "
+                            f"recipe needs at least {self.min_audio_samples} (STFT and echo "
+                            f"window)")
+        depth, valid = self.recipe.depth(
+            read_depth_mm(record.depth_path), self.image_size, self.max_depth)
+        sample: Sample = {
+            AUDIO: self.recipe.audio(waveform, self.audio, self.image_size, self.max_depth,
+                                     self.format),
+            DEPTH: depth,
+            VALID: valid,
+        }
+        if self.use_rgb:
+            sample[RGB] = rgb_tensor(read_camera(record.camera_path), self.image_size)
+        sample[META] = self._meta(record)
+        return sample
+
+    def _meta(self, record: Record) -> Dict[str, object]:
+        if len(record.audio_paths) == 1:
+            audio = {"audio_path": str(record.audio_paths[0])}
+        else:
+            audio = {"audio_path_left": str(record.audio_paths[0]),
+                     "audio_path_right": str(record.audio_paths[1])}
+        return {"location": record.location, "index": record.index, **audio,
+                "depth_path": str(record.depth_path),
+                "camera_path": "" if record.camera_path is None else str(record.camera_path)}
+
+
+class BatvisionV2Dataset(_BatvisionDataset):
+    """BatVision V2 (Mines Paris): a root of location folders, each with its own split CSVs.
+
+    Location folders are read in sorted order (never raw ``os.listdir`` order); a stray file or
+    hidden folder in the root is skipped with a warning (the official loader crashes on it).
+
+    Args:
+        root: folder holding only location folders.
+        split: ``train``, ``val`` or ``test`` (reads ``<root>/<location>/<split>.csv``).
+        max_depth: metres; depth is clipped to it and the audio cut to its echo window
+            (default 30.0).
+        image_size: S, side of the square audio, depth and rgb tensors.
+        audio: ``spectrogram`` | ``mel`` | ``waveform`` (see ``datasets.recipes``).
+        use_rgb: also return the camera image as ``rgb``.
+        recipe: ``default`` or ``official`` (see ``datasets.recipes``).
+        locations: location names to keep (default all); an unknown name raises DataError.
+        cache_dir: when given, preprocess the split once into a cache there and serve from it.
+
+    Audio must hold at least ``max(n_fft // 2 + 1, cut)`` samples, else DataError: a shorter
+    recording would be stretched over the same grid as full-length ones.
+    """
+
+    format = "v2"
+    default_max_depth = 30.0
+    AUDIO_COLUMNS = ("index", "audio path", "audio file name", "depth path", "depth file name")
+    CAMERA_COLUMNS = ("camera path", "camera file name")
+
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+        folders = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):   # e.g. .ipynb_checkpoints
+                folders.append(entry.name)
+            else:
+                warnings.warn(f"{entry}: not a location folder, skipped", stacklevel=3)
+        required = self.AUDIO_COLUMNS + (self.CAMERA_COLUMNS if self.use_rgb else ())
+        records: List[Record] = []
+        csv_bytes = b""
+        for location in _keep_locations(folders, locations, self.root):
+            csv_path = self.root / location / f"{self.split}.csv"
+            if not csv_path.is_file():
+                raise DataError(csv_path, f"location folder has no {self.split}.csv")
+            rows, raw = read_csv(csv_path, required)
+            csv_bytes += raw
+            for row in rows:
+                camera = (self.root / row["camera path"] / row["camera file name"]
+                          if row.get("camera path") and row.get("camera file name") else None)
+                records.append(Record(
+                    location=location, index=_parse_index(row["index"], csv_path),
+                    audio_paths=(self.root / row["audio path"] / row["audio file name"],),
+                    depth_path=self.root / row["depth path"] / row["depth file name"],
+                    camera_path=camera))
+        return records, csv_bytes
+
+
+class BatvisionV1Dataset(_BatvisionDataset):
+    """BatVision V1 (UC Berkeley): one root with ``train.csv``, ``val.csv``, ``test.csv``.
+
+    Audio is one 1-D ``.npy`` per ear; depth a float ``.npy`` in mm that may hold NaN and ±inf.
+    The location of a sample is the first folder of its depth path.
+
+    Args:
+        root: folder with the split CSVs (paths in them are relative to it).
+        split: ``train``, ``val`` or ``test``.
+        max_depth: metres (default 12.0).
+        image_size, audio, recipe, cache_dir: as ``BatvisionV2Dataset``, and the same rule on
+            audio length.
+        use_rgb: also return the ``camera path left`` image; DataError if the CSV lacks it.
+        locations: location names to keep (default all); an unknown name raises DataError.
+    """
+
+    format = "v1"
+    default_max_depth = 12.0
+    AUDIO_COLUMNS = ("depth path", "audio path left", "audio path right")
+    CAMERA_COLUMN = "camera path left"
+
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+        csv_path = self.root / f"{self.split}.csv"
+        required = self.AUDIO_COLUMNS + ((self.CAMERA_COLUMN,) if self.use_rgb else ())
+        rows, raw = read_csv(csv_path, required)
+        records = []
+        for row_number, row in enumerate(rows):
+            camera = row.get(self.CAMERA_COLUMN)
+            records.append(Record(
+                location=Path(row["depth path"]).parts[0], index=row_number,
+                audio_paths=(self.root / row["audio path left"],
+                             self.root / row["audio path right"]),
+                depth_path=self.root / row["depth path"],
+                camera_path=self.root / camera if camera else None))
+        keep = _keep_locations([r.location for r in records], locations, self.root)
+        return [r for r in records if r.location in keep], raw
