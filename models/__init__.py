@@ -1,0 +1,40 @@
+"""Depth models: the RGB U-Net teacher and the binaural cross-attention student.
+
+Every model has ``model_name`` and a JSON-serialisable ``config`` (its constructor kwargs), so
+``build_model(model.model_name, **model.config)`` rebuilds it, e.g. from a checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from torch import nn
+
+from models.binaural_attention_model import BinauralAttentionModel, create_binaural_attention_model
+from models.blocks import DECODER_KEYS, ENCODER_KEYS, FEATURE_KEYS
+from models.rgb_depth_model import RGBDepthModel, create_rgb_depth_model
+
+MODEL_BUILDERS: Dict[str, Callable[..., nn.Module]] = {
+    RGBDepthModel.model_name: create_rgb_depth_model,
+    BinauralAttentionModel.model_name: create_binaural_attention_model,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: ``"rgb_depth"`` or ``"binaural_attention"``.
+        **kwargs: that model's constructor arguments (e.g. a saved ``model.config``).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[name](**kwargs)
+
+
+__all__ = [
+    "BinauralAttentionModel", "DECODER_KEYS", "ENCODER_KEYS", "FEATURE_KEYS", "MODEL_BUILDERS",
+    "RGBDepthModel", "build_model", "create_binaural_attention_model", "create_rgb_depth_model",
+]

@@ -1,0 +1,142 @@
+"""The binaural student: two ear encoders, ear-to-ear cross-attention, the teacher's decoder.
+
+Input ``(B, 2, F, T)``: channel 0 is the left ear, channel 1 the right ear; dim -2 is frequency,
+dim -1 is time (see :mod:`models.attention`). Data flow, for each level l = 1..5::
+
+    left_l  = left_stage_l(left_{l-1})          right_l = right_stage_l(right_{l-1})
+    if l in attention_levels (both read the other ear's map from before this exchange):
+        left_l, right_l = left_l + Attn(left_l ← right_l), right_l + Attn(right_l ← left_l)
+    x_l = ReLU(BN(1x1 conv(concat(left_l, right_l))))     # the teacher's width at level l
+
+The attended maps feed the next stage of each encoder, so deeper levels are computed from
+binaural features. The encoders have the teacher's encoder widths and the fusion maps each level
+back to the teacher's width, through BN + ReLU like the teacher's own ``x1..x5``; the fused
+``x1..x5`` therefore have exactly the teacher's shapes, and the decoder and head are the
+teacher's classes (:class:`models.blocks.UNetDecoder`, :class:`models.blocks.DepthHead`), so
+``d1..d4`` match too. Every attention block starts as the identity (zero output projection).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from models.attention import DEFAULT_GLOBAL_TOKEN_LIMIT, EarCrossAttention
+from models.blocks import ENCODER_KEYS, DepthHead, UNetDecoder, UNetEncoder, check_input
+from models.rgb_depth_model import DEFAULT_MAX_DEPTH
+
+DEFAULT_ATTENTION_LEVELS: Tuple[int, ...] = (2, 3, 4, 5)
+
+
+def _ear_fusion(channels: int) -> nn.Module:
+    """Concatenated (left, right) maps, 2C channels → C channels, non-negative like a U-Net level."""
+    return nn.Sequential(
+        nn.Conv2d(2 * channels, channels, kernel_size=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BinauralAttentionModel(nn.Module):
+    """(B, 2, F, T) two-ear spectrogram → (B, 1, F, T) depth in metres (see the module docstring).
+
+    Args:
+        base_channels: width of the first level, as for the teacher.
+        attention_levels: levels (1..5) with ear-to-ear cross-attention.
+        bilinear: bilinear upsampling in the decoder, as for the teacher.
+        max_depth: upper bound of the predicted depth, metres.
+        num_heads: attention heads per level.
+        attention_mode: ``"auto"``, ``"global"``, ``"time"`` or ``"naive"``
+            (see :class:`models.attention.EarCrossAttention`; ``"naive"`` is for benchmarks only).
+        global_token_limit: in ``"auto"`` mode, levels with at most this many F·T tokens attend
+            globally, larger ones along time per frequency band.
+    """
+
+    model_name = "binaural_attention"
+
+    def __init__(
+        self,
+        base_channels: int = 64,
+        attention_levels: Sequence[int] = DEFAULT_ATTENTION_LEVELS,
+        bilinear: bool = True,
+        max_depth: float = DEFAULT_MAX_DEPTH,
+        num_heads: int = 4,
+        attention_mode: str = "auto",
+        global_token_limit: int = DEFAULT_GLOBAL_TOKEN_LIMIT,
+    ) -> None:
+        super().__init__()
+        levels = sorted(int(level) for level in attention_levels)
+        if len(set(levels)) != len(levels) or any(not 1 <= level <= 5 for level in levels):
+            raise ValueError(
+                f"attention_levels must be distinct levels in 1..5, got {list(attention_levels)}"
+            )
+        self.config: Dict[str, Any] = dict(
+            base_channels=base_channels, attention_levels=levels, bilinear=bilinear,
+            max_depth=float(max_depth), num_heads=num_heads, attention_mode=attention_mode,
+            global_token_limit=global_token_limit,
+        )
+        self.left_encoder = UNetEncoder(1, base_channels, bilinear)
+        self.right_encoder = UNetEncoder(1, base_channels, bilinear)
+        widths = dict(zip(ENCODER_KEYS, self.left_encoder.channels))
+        attended = [ENCODER_KEYS[level - 1] for level in levels]
+
+        def attention(key: str) -> EarCrossAttention:
+            return EarCrossAttention(widths[key], num_heads, attention_mode, global_token_limit)
+
+        self.left_from_right = nn.ModuleDict({key: attention(key) for key in attended})
+        self.right_from_left = nn.ModuleDict({key: attention(key) for key in attended})
+        self.fusion = nn.ModuleDict({key: _ear_fusion(widths[key]) for key in ENCODER_KEYS})
+        self.decoder = UNetDecoder(base_channels, bilinear)
+        self.head = DepthHead(base_channels, max_depth)
+
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+        """Predict depth.
+
+        Args:
+            x: (B, 2, F, T) spectrogram, left ear first; F and T divisible by 16.
+            return_features: also return the feature maps.
+
+        Returns:
+            depth (B, 1, F, T) in metres in [0, max_depth]; with ``return_features``,
+            ``(depth, features)`` where features maps the fused x1..x5 and d1..d4 to tensors of
+            the teacher's shapes for the same H, W.
+
+        Raises:
+            ValueError: wrong input shape (see :func:`models.blocks.check_input`).
+        """
+        check_input(x, 2)
+        left, right = x[:, :1], x[:, 1:]
+        encoded = {}
+        for key, left_stage, right_stage in zip(
+            ENCODER_KEYS, self.left_encoder.stages, self.right_encoder.stages
+        ):
+            left, right = left_stage(left), right_stage(right)
+            if key in self.left_from_right:
+                left, right = (self.left_from_right[key](left, right),
+                               self.right_from_left[key](right, left))
+            encoded[key] = self.fusion[key](torch.cat([left, right], dim=1))
+        decoded = self.decoder(encoded)
+        depth = self.head(decoded["d4"])
+        if return_features:
+            return depth, {**encoded, **decoded}
+        return depth
+
+
+def create_binaural_attention_model(
+    base_channels: int = 64,
+    attention_levels: Sequence[int] = DEFAULT_ATTENTION_LEVELS,
+    bilinear: bool = True,
+    max_depth: float = DEFAULT_MAX_DEPTH,
+    num_heads: int = 4,
+    attention_mode: str = "auto",
+    global_token_limit: int = DEFAULT_GLOBAL_TOKEN_LIMIT,
+) -> BinauralAttentionModel:
+    """Build the binaural cross-attention student (see :class:`BinauralAttentionModel`)."""
+    return BinauralAttentionModel(
+        base_channels=base_channels, attention_levels=attention_levels, bilinear=bilinear,
+        max_depth=max_depth, num_heads=num_heads, attention_mode=attention_mode,
+        global_token_limit=global_token_limit,
+    )
