@@ -1,0 +1,155 @@
+"""Evaluate a trained checkpoint on a split with the official metrics.
+
+The model is rebuilt from the checkpoint's saved name and config, and the data from its saved
+arguments (dataset, recipe, image size, max depth), so the numbers are computed exactly as during
+validation: per image, pixels with gt > --valid_threshold, metres, mean over images; images
+without a valid pixel are skipped and counted.
+
+    python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
+    python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
+
+Writes ``metrics.json`` and ``per_image.csv`` to --out and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.sample import META
+from training import cli
+from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model, write_json
+from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
+from training.device import DistContext, resolve_device
+from training.engine import DepthTask, validate
+from training.metrics import METRIC_NAMES, DepthMetrics
+
+SPLITS = ("train", "val", "test")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint file, or a run folder (its best_model.pth)")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split to evaluate")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="dataset kind; None: the checkpoint's")
+    parser.add_argument("--data_root", default=None, help="dataset root; None: the checkpoint's")
+    parser.add_argument("--out", default=None,
+                        help="output folder; None: <checkpoint folder>/eval_<split>")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda if available, else cpu), cpu, cuda")
+    parser.add_argument("--valid_threshold", type=float, default=0.0,
+                        help="score pixels with ground truth > this (metres)")
+    return parser
+
+
+def _checkpoint_file(spec: str) -> Path:
+    path = Path(spec)
+    return path / BEST_CHECKPOINT if path.is_dir() else path
+
+
+def evaluate_checkpoint(
+    checkpoint: "str | Path",
+    split: str = "test",
+    dataset: Optional[str] = None,
+    data_root: Optional[str] = None,
+    out_dir: "str | Path | None" = None,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str = "auto",
+    valid_threshold: float = 0.0,
+) -> Dict[str, Any]:
+    """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
+
+    Args:
+        checkpoint: checkpoint file, or a run folder (its ``best_model.pth``).
+        split: ``train``, ``val`` or ``test``.
+        dataset, data_root: override the checkpoint's data (``None``: as trained).
+        out_dir: output folder (default ``<checkpoint folder>/eval_<split>``).
+        batch_size, num_workers: of the loader.
+        device: ``auto``, ``cpu``, ``cuda``...
+        valid_threshold: metres; pixels with gt above it are scored.
+
+    Returns:
+        The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
+        ``checkpoint``, ``dataset``, ``data_root``, ``model_name`` and the metric ``protocol``.
+
+    Raises:
+        DataError: unreadable checkpoint or data.
+    """
+    path = _checkpoint_file(str(checkpoint))
+    saved = load_checkpoint(path)
+    torch_device = resolve_device(device)
+    model = load_model(saved, torch_device, path=path)
+    args = argparse.Namespace(**saved["args"])
+    args.dataset = dataset or args.dataset
+    args.data_root = data_root or args.data_root
+    input_key = MODEL_INPUTS[saved["model_name"]]
+    data_set = build_dataset(args, resolve_data_root(args, DistContext()), split,
+                             use_rgb=input_key == "rgb")
+    loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
+    task = DepthTask(model, input_key, model.config["max_depth"], args.criterion)
+    metrics = DepthMetrics(valid_threshold, device=torch_device)
+    rows: List[Dict[str, Any]] = []
+
+    def record(batch: Dict[str, Any], depth: torch.Tensor, scores: torch.Tensor,
+               n_valid: torch.Tensor) -> None:
+        meta = batch[META]
+        for i in range(len(depth)):
+            row: Dict[str, Any] = {
+                "position": len(rows), "location": meta["location"][i],
+                "index": int(meta["index"][i]), "depth_path": meta["depth_path"][i],
+                "n_valid": int(n_valid[i])}
+            row.update({name: (f"{value:.6f}" if n_valid[i] else "")
+                        for name, value in zip(METRIC_NAMES, scores[i].tolist())})
+            rows.append(row)
+
+    validate(task, loader, torch_device, metrics, on_batch=record, desc=f"evaluate {split}")
+    result: Dict[str, Any] = {
+        **metrics.compute(), "split": split, "checkpoint": str(path),
+        "model_name": saved["model_name"], "dataset": args.dataset,
+        "data_root": str(args.data_root), "protocol": metrics.protocol(),
+    }
+    out = Path(out_dir) if out_dir is not None else path.parent / f"eval_{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    with open(out / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    result["out_dir"] = str(out)
+    return result
+
+
+def format_table(result: Dict[str, Any]) -> str:
+    """The metrics of :func:`evaluate_checkpoint` as a small text table."""
+    lines = [f"{result['model_name']} on {result['dataset']} {result['split']}: "
+             f"{result['n_images']} images scored, {result['n_skipped']} skipped (no valid pixel); "
+             f"valid pixels: {result['protocol']['valid_pixels']}",
+             f"{'metric':<8}  value"]
+    for name in METRIC_NAMES:
+        value = result[name]
+        lines.append(f"{name:<8}  {'n/a' if value is None else format(value, '.4f')}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Parse ``argv``, evaluate, print the table."""
+    args = build_parser().parse_args(argv)
+    with cli.user_errors():
+        result = evaluate_checkpoint(
+            args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
+            args.num_workers, args.device, args.valid_threshold)
+    print(format_table(result))
+    print(f"wrote {result['out_dir']}/metrics.json and per_image.csv")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Predict a depth map from one recording with a trained checkpoint.
+
+The input goes through the same reader functions and the same named preprocessing recipe as
+during training (``datasets.batvision`` and ``datasets.recipes``, with the checkpoint's recipe,
+image size, max depth and audio format), so a prediction sees exactly what the model was
+trained on. A binaural model takes the recording of the format it was trained on: a V2 WAV
+(BatVision V2 and the synthetic world) or a V1 left/right ``.npy`` pair. The RGB model takes a
+camera image.
+
+    python predict.py --checkpoint checkpoints/student/best_model.pth --wav audio_3011.wav
+    python predict.py --checkpoint checkpoints/v1_student --left 123_left.npy --right 123_right.npy
+    python predict.py --checkpoint checkpoints/teacher --image camera_3011.jpeg
+
+Writes ``<name>_depth.npy`` (float32 (S, S), metres) and ``<name>_depth.png`` (colour bar in
+metres) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from datasets.batvision import read_camera, read_ear_pair, read_wav
+from datasets.errors import DataError
+from datasets.recipes import get_recipe, rgb_tensor
+from datasets.sample import RGB
+from training import cli
+from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model
+from training.data import MODEL_INPUTS, READERS
+from training.device import resolve_device
+from training.errors import UsageError
+from training.tracking import save_depth_picture
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(__doc__)
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint file, or a run folder (its best_model.pth)")
+    parser.add_argument("--wav", default=None, help="V2 recording: 2-channel int32 44.1 kHz WAV")
+    parser.add_argument("--left", default=None, help="V1 recording: left ear .npy")
+    parser.add_argument("--right", default=None, help="V1 recording: right ear .npy")
+    parser.add_argument("--image", default=None, help="camera image, for the RGB model")
+    parser.add_argument("--out", default="results/predictions", help="output folder")
+    parser.add_argument("--name", default=None,
+                        help="output file prefix; None: the input file's name")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda if available, else cpu), cpu, cuda")
+    return parser
+
+
+def model_input(args: argparse.Namespace, saved_args: Dict[str, Any],
+                model_name: str) -> Tuple[torch.Tensor, str]:
+    """Read and preprocess the input named on the command line as the checkpoint's run did.
+
+    Returns:
+        ``(x, name)``: the (C, S, S) model input and the default output prefix.
+
+    Raises:
+        UsageError: the inputs given do not fit the checkpoint's model or training format.
+        DataError: an unreadable input file.
+    """
+    size = saved_args["image_size"]
+    if MODEL_INPUTS[model_name] == RGB:
+        if args.image is None:
+            raise UsageError("the RGB model needs --image")
+        return rgb_tensor(read_camera(Path(args.image)), size), Path(args.image).stem
+    trained_format = READERS[saved_args["dataset"]].format
+    if trained_format == "v2":
+        if args.wav is None or args.left or args.right:
+            raise UsageError("this model was trained on V2 recordings: pass --wav (only)")
+        waveform, name = read_wav(Path(args.wav)), Path(args.wav).stem
+    else:
+        if args.left is None or args.right is None or args.wav:
+            raise UsageError("this model was trained on V1 recordings: pass --left and --right")
+        waveform = read_ear_pair(Path(args.left), Path(args.right))
+        name = Path(args.left).stem.removesuffix("_left")
+    recipe = get_recipe(saved_args["recipe"])
+    # As the training reader: shorter audio would be stretched over the spectrogram grid.
+    cut = recipe.cut_length(saved_args["max_depth"], trained_format)
+    needed = max(recipe.min_audio_samples, cut or 0)
+    if waveform.shape[1] < needed:
+        raise DataError(args.wav or args.left, f"{waveform.shape[1]} samples, too short: the "
+                        f"{recipe.name} recipe needs at least {needed}")
+    audio = recipe.audio(waveform, saved_args.get("audio_format", "spectrogram"), size,
+                         saved_args["max_depth"], trained_format)
+    return audio, name
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Parse ``argv``, predict, write the depth ``.npy`` and picture."""
+    args = build_parser().parse_args(argv)
+    with cli.user_errors():
+        path = Path(args.checkpoint)
+        path = path / BEST_CHECKPOINT if path.is_dir() else path
+        saved = load_checkpoint(path)
+        device = resolve_device(args.device)
+        model = load_model(saved, device, path=path)
+        x, default_name = model_input(args, saved["args"], saved["model_name"])
+    with torch.no_grad():
+        depth = model(x[None].to(device))[0, 0].float().cpu().numpy()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or default_name
+    np.save(out / f"{name}_depth.npy", depth.astype(np.float32))
+    max_depth = model.config["max_depth"]
+    save_depth_picture(out / f"{name}_depth.png", depth, max_depth,
+                       f"{name}: predicted depth ({saved['model_name']})")
+    print(f"wrote {out / f'{name}_depth.npy'} (metres, {depth.shape[0]}x{depth.shape[1]}, "
+          f"range {depth.min():.2f}-{depth.max():.2f} m) and {name}_depth.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Checkpoint format: atomic writes, weights-only loading, finding runs, random states."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.errors import DataError
+from models import build_model
+from training import checkpoint as ckpt
+
+
+def _checkpoint(model: torch.nn.Module, epoch: int = 1) -> ckpt.Checkpoint:
+    return ckpt.Checkpoint(
+        format_version=ckpt.FORMAT_VERSION, model_name=model.model_name, model_config=model.config,
+        model_state=model.state_dict(), extra_states={}, optimizer_state={}, scheduler_state={},
+        scaler_state={}, epoch=epoch, global_step=3 * epoch, best_score=float("inf"), best_epoch=0,
+        metrics={"rmse": None, "n_images": 0}, history=[], rng=ckpt.capture_rng_state(),
+        args={"seed": 0},
+    )
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    return build_model("rgb_depth", base_channels=4, max_depth=12.0)
+
+
+def test_round_trip_rebuilds_the_model(tmp_path: Path, model: torch.nn.Module) -> None:
+    path = tmp_path / "run" / ckpt.LAST_CHECKPOINT
+    ckpt.save_checkpoint(path, _checkpoint(model))
+    loaded = ckpt.load_checkpoint(path)
+    rebuilt = ckpt.load_model(loaded, expected_name="rgb_depth", path=path)
+    assert rebuilt.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_killed_save_leaves_previous_checkpoint_loadable(
+        tmp_path: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / ckpt.LAST_CHECKPOINT
+    ckpt.save_checkpoint(path, _checkpoint(model, epoch=1))
+
+    def dies_half_way(obj: object, target: Path) -> None:
+        Path(target).write_bytes(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # what a kill during the write looks like to Python
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(path, _checkpoint(model, epoch=2))
+    assert ckpt.load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]
+
+
+class Payload:
+    """An arbitrary class: unpickling it could run code, so weights-only loading refuses it."""
+
+
+def test_loading_refuses_code_and_bad_files(tmp_path: Path) -> None:
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"model_name": "rgb_depth", "model_state": Payload()}, unsafe)
+    with pytest.raises(DataError, match="unsafe.pth: unreadable checkpoint"):
+        ckpt.load_checkpoint(unsafe)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="garbage.pth"):
+        ckpt.load_checkpoint(garbage)
+    with pytest.raises(DataError, match="missing.pth: checkpoint not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pth")
+
+
+def test_wrong_model_is_refused(tmp_path: Path, model: torch.nn.Module) -> None:
+    path = tmp_path / "teacher.pth"
+    ckpt.save_checkpoint(path, _checkpoint(model))
+    with pytest.raises(DataError, match="holds a 'rgb_depth' model, expected 'binaural_attention'"):
+        ckpt.load_model(ckpt.load_checkpoint(path), expected_name="binaural_attention", path=path)
+
+
+def test_resolve_run_folder_file_and_latest(tmp_path: Path, model: torch.nn.Module) -> None:
+    with pytest.raises(DataError, match="no run"):
+        ckpt.resolve_checkpoint_path(ckpt.LATEST, tmp_path)
+    for age, name in ((100, "older"), (10, "newer"), (50, "middle")):
+        path = tmp_path / name / ckpt.LAST_CHECKPOINT
+        ckpt.save_checkpoint(path, _checkpoint(model))
+        stamp = path.stat().st_mtime - age
+        os.utime(path, (stamp, stamp))
+    latest = ckpt.resolve_checkpoint_path(ckpt.LATEST, tmp_path)
+    assert latest == tmp_path / "newer" / ckpt.LAST_CHECKPOINT
+    assert ckpt.resolve_checkpoint_path(str(tmp_path / "older"), tmp_path) == (
+        tmp_path / "older" / ckpt.LAST_CHECKPOINT)
+    with pytest.raises(DataError, match="checkpoint not found"):
+        ckpt.resolve_checkpoint_path(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_random_states_survive_weights_only_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "rng.pth"
+    torch.save({"rng": ckpt.capture_rng_state()}, path)
+    draws = (random.random(), np.random.rand(), torch.rand(3))
+    ckpt.restore_rng_state(torch.load(path, weights_only=True)["rng"])
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert draws[0] == again[0] and draws[1] == again[1] and torch.equal(draws[2], again[2])
+
+
+def test_json_is_strict(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    ckpt.write_json(path, {"rmse": float("nan"), "best": float("inf"), "n": [1.5]})
+    assert path.read_text() == '{\n  "rmse": null,\n  "best": null,\n  "n": [\n    1.5\n  ]\n}\n'

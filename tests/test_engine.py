@@ -1,0 +1,245 @@
+"""The shared engine: exact resume, NaN stop, wrong-model resume, plug-in tasks, schedules,
+mirror augmentation, W&B."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import torch
+from torch import nn
+
+import train_binaural_attention
+import train_rgb_depth
+from datasets.sample import AUDIO, DEPTH, RGB, VALID
+from models import build_model
+from training import cli, losses
+from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+from training.data import build_data, mirror_batch
+from training.engine import DepthTask, amp_dtype, fit, lr_factor, with_total
+from training.tracking import Tracker
+
+COUNTS = {"train": 4, "val": 2, "test": 1}  # per location; 2 locations
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, write_v2_tree: Any) -> Path:
+    """A tiny V2 tree of noise: 2 locations x (4 train, 2 val, 1 test), 32x32."""
+    return write_v2_tree(tmp_path / "bv2", locations=("Loc_B", "Loc_A"), counts=COUNTS,
+                         depth_shape=(32, 32))
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_restored_determinism() -> Any:
+    """One intra-op thread (tiny models on a shared 2-core CPU run far faster without thread
+    contention), and --deterministic's process-wide flag reset afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def train_argv(root: Path, checkpoint_dir: Path, name: str, *extra: str) -> List[str]:
+    return ["--dataset", "batvisionv2", "--data_root", str(root), "--image_size", "32",
+            "--base_channels", "4", "--batch_size", "4", "--nb_epochs", "2", "--num_workers", "0",
+            "--checkpoint_dir", str(checkpoint_dir), "--experiment_name", name,
+            "--num_val_images", "0", "--deterministic", *extra]
+
+
+def test_stop_and_resume_equals_uninterrupted_run(data_root: Path, tmp_path: Path) -> None:
+    schedule = ["--scheduler", "cosine", "--warmup_epochs", "0.5", "--mirror_augment",
+                "--grad_clip", "1.0"]
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "straight", *schedule))
+    train_rgb_depth.main(
+        train_argv(data_root, tmp_path, "killed", *schedule, "--stop_after_epochs", "1"))
+    assert load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)["epoch"] == 1
+    # "latest": the run written last under --checkpoint_dir, i.e. "killed" (examples preset 5).
+    train_rgb_depth.main(["--resume", "latest", "--checkpoint_dir", str(tmp_path),
+                          "--num_workers", "0"])
+
+    straight = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)
+    resumed = load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)
+    assert resumed["epoch"] == straight["epoch"] == 2
+    assert resumed["global_step"] == straight["global_step"]
+    for key, value in straight["model_state"].items():
+        assert torch.equal(resumed["model_state"][key], value), key
+    for key, state in straight["optimizer_state"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(resumed["optimizer_state"]["state"][key][name], value), (key, name)
+    assert resumed["scheduler_state"]["last_epoch"] == straight["scheduler_state"]["last_epoch"]
+    assert resumed["best_score"] == straight["best_score"]
+    assert [r["val"] for r in resumed["history"]] == [r["val"] for r in straight["history"]]
+
+
+def test_resume_with_another_model_is_refused_and_writes_nothing(
+        data_root: Path, tmp_path: Path) -> None:
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "teacher", "--nb_epochs", "1"))
+    run = tmp_path / "teacher"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(SystemExit) as error:
+        train_binaural_attention.main(["--resume", str(run), "--num_workers", "0"])
+    message = str(error.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "'rgb_depth'" in message and "'binaural_attention'" in message
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    # A fresh run aimed at the same folder, and a contradicting model flag, are refused too.
+    for argv in (train_argv(data_root, tmp_path, "teacher", "--nb_epochs", "1"),
+                 ["--resume", str(run), "--base_channels", "8"]):
+        with pytest.raises(SystemExit) as error:
+            train_rgb_depth.main(argv)
+        assert str(error.value.code).startswith("error: ")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    training_calls = {"n": 0}
+    steps_per_epoch = 2  # 8 training samples, batch 4
+
+    def l1_then_nan(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """L1 during epoch 1, NaN from the first training step of epoch 2 on."""
+        training_calls["n"] += pred.requires_grad
+        loss = losses.masked_l1(pred, target, valid)
+        return loss * float("nan") if training_calls["n"] > steps_per_epoch else loss
+
+    monkeypatch.setitem(losses.CRITERIA, "l1", l1_then_nan)
+    with pytest.raises(SystemExit) as error:
+        train_rgb_depth.main(train_argv(data_root, tmp_path, "diverges"))
+    message = str(error.value.code)
+    assert message.startswith("error: non-finite loss at epoch 2") and "\n" not in message
+    assert "(epoch 1) is kept" in message
+    kept = load_checkpoint(tmp_path / "diverges" / LAST_CHECKPOINT)
+    assert kept["epoch"] == 1
+    weights = [v for v in kept["model_state"].values() if v.is_floating_point()]
+    assert all(torch.isfinite(v).all() for v in weights)
+    assert load_checkpoint(tmp_path / "diverges" / BEST_CHECKPOINT)["epoch"] == 1
+
+
+class ProbeTask(DepthTask):
+    """A task with a trainable side module and a frozen one, as a distillation task has."""
+
+    def __init__(self, model: nn.Module, max_depth: float) -> None:
+        super().__init__(model, RGB, max_depth)
+        self.adapter = nn.Conv2d(1, 1, kernel_size=1)
+        self.frozen = build_model("rgb_depth", base_channels=4, max_depth=max_depth)
+        self.frozen.requires_grad_(False)
+        self.frozen_modes: List[bool] = []
+
+    def forward(self, batch: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        depth = self.model(batch[RGB])
+        with torch.no_grad():
+            reference = self.frozen(batch[RGB])
+        self.frozen_modes.append(self.frozen.training)
+        terms = self.supervised_losses(depth, batch)
+        terms["match"] = 0.1 * (self.adapter(depth) - reference).abs().mean() / self.max_depth
+        return depth, with_total(terms)
+
+
+def test_plug_in_task_trains_extras_and_leaves_frozen_modules_alone(
+        data_root: Path, tmp_path: Path) -> None:
+    parser, _ = cli.training_parser(None)
+    argv = train_argv(data_root, tmp_path, "probe", "--nb_epochs", "1")
+    run = cli.start_run(parser, argv, "rgb_depth")
+    data = build_data(run.args, run.context, use_rgb=True)
+    model = build_model("rgb_depth", base_channels=4, max_depth=data.max_depth)
+    task = ProbeTask(model, data.max_depth)
+    frozen_before = {k: v.clone() for k, v in task.frozen.state_dict().items()}
+    adapter_before = task.adapter.weight.detach().clone()
+    fit(task, data, run)
+
+    saved = load_checkpoint(tmp_path / "probe" / LAST_CHECKPOINT)
+    assert set(saved["extra_states"]) == {"adapter"}  # the frozen module is not stored
+    assert not torch.equal(saved["extra_states"]["adapter"]["weight"], adapter_before)
+    for key, value in task.frozen.state_dict().items():  # BatchNorm statistics included
+        assert torch.equal(value, frozen_before[key]), key
+    assert not any(task.frozen_modes)  # eval mode also while the rest trained
+    history = saved["history"][0]
+    assert set(history["train"]) == {"l1", "match", "total"}
+    train = history["train"]
+    assert train["total"] == pytest.approx(train["l1"] + train["match"])
+
+
+def test_amp_is_ignored_on_cpu_and_said_once(capsys: pytest.CaptureFixture) -> None:
+    cpu = torch.device("cpu")
+    assert amp_dtype("none", cpu, announce=True) is None
+    assert amp_dtype("bf16", cpu, announce=True) is None
+    assert amp_dtype("fp16", cpu, announce=False) is None  # other ranks stay quiet
+    assert capsys.readouterr().out == (
+        "--amp bf16 is ignored on cpu: mixed precision is used on CUDA only\n")
+    assert amp_dtype("bf16", torch.device("cuda"), announce=True) is torch.bfloat16
+    assert amp_dtype("fp16", torch.device("cuda"), announce=True) is torch.float16
+
+
+def test_learning_rate_schedules_by_hand() -> None:
+    args = argparse.Namespace(nb_epochs=4, warmup_epochs=1.0, scheduler="cosine", step_size=2,
+                              step_gamma=0.5)
+    factor = lr_factor(args, steps_per_epoch=10)  # 40 steps, 10 of warm-up
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(25) == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
+    assert factor(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    args.scheduler, args.warmup_epochs = "step", 0.0
+    factor = lr_factor(args, steps_per_epoch=10)
+    assert [factor(s) for s in (0, 19, 20, 39)] == pytest.approx([1.0, 1.0, 0.5, 0.5])
+
+
+def test_mirror_flips_images_and_swaps_ears_only() -> None:
+    generator = torch.Generator().manual_seed(0)
+    batch = {DEPTH: torch.rand(2, 1, 4, 6, generator=generator),
+             RGB: torch.rand(2, 3, 4, 6, generator=generator),
+             AUDIO: torch.rand(2, 2, 5, 7, generator=generator), "meta": {"index": [0, 1]}}
+    batch[VALID] = batch[DEPTH] > 0.5
+    out = mirror_batch(batch, torch.tensor([True, False]))
+    for key in (DEPTH, VALID, RGB):
+        assert torch.equal(out[key][0], batch[key][0].flip(-1)), key
+        assert torch.equal(out[key][1], batch[key][1]), key
+    # The spectrogram's axes are frequency x time: the ears swap, the time axis is untouched.
+    assert torch.equal(out[AUDIO][0, 0], batch[AUDIO][0, 1])
+    assert torch.equal(out[AUDIO][0, 1], batch[AUDIO][0, 0])
+    assert torch.equal(out[AUDIO][1], batch[AUDIO][1])
+    assert out["meta"] is batch["meta"]
+
+
+class FakeWandbRun:
+    def __init__(self) -> None:
+        self.logged: List[Dict[str, Any]] = []
+
+    def log(self, values: Dict[str, Any], step: Optional[int] = None) -> None:
+        self.logged.append(values)
+
+    def finish(self) -> None:
+        pass
+
+
+def test_wandb_only_on_request_and_offline_without_a_key(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without --use_wandb, training must not even import it (None in sys.modules fails imports).
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "no_wandb", "--nb_epochs", "1"))
+
+    for variable in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a wandb login either
+    inits: List[Dict[str, Any]] = []
+    run = FakeWandbRun()
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: inits.append(kwargs) or run  # type: ignore[attr-defined]
+    fake.errors = types.SimpleNamespace(CommError=ConnectionError)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    tracker = Tracker(tmp_path / "run", True, {"valid_threshold": 0.0}, use_wandb=True,
+                      run_name="exp", config={"seed": 0})
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert inits[0]["id"] == inits[0]["name"] == "exp" and inits[0]["config"] == {"seed": 0}
+    record = {"epoch": 1, "global_step": 5, "lr": 1e-3, "train": {"l1": 0.5, "total": 0.5},
+              "val": {"rmse": 1.0, "abs_rel": None}, "val_loss": {}}
+    (tmp_path / "run").mkdir()
+    tracker.log_epoch([record], {"epoch": 1, "rmse": 1.0})
+    assert run.logged == [
+        {"epoch": 1, "lr": 1e-3, "train/l1": 0.5, "train/total": 0.5, "val/rmse": 1.0}]

@@ -1,0 +1,174 @@
+"""The scripts end to end on a tiny synthetic world: both trainers, evaluate.py, predict.py,
+--help, and bad inputs (one-line error, non-zero exit)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import predict
+import train_binaural_attention
+import train_rgb_depth
+from datasets.synthetic.world import WorldConfig, ensure_synthetic_world
+from training.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from training.metrics import METRIC_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+WORLD = {"synthetic_locations": 2, "synthetic_samples": 8, "synthetic_size": 32}
+SCRIPTS = {"rgb_depth": train_rgb_depth, "binaural_attention": train_binaural_attention}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core CPU run far faster on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding a tiny synthetic world (2 locations x 8 samples, 32x32), as the
+    scripts' --data_root; they reuse it instead of generating their own."""
+    root = tmp_path_factory.mktemp("world")
+    ensure_synthetic_world(root, WorldConfig(locations=2, samples=8, height=32, width=32),
+                           progress=False)
+    return root
+
+
+def world_argv(world: Path) -> List[str]:
+    return ["--dataset", "synthetic", "--data_root", str(world),
+            *[x for k, v in WORLD.items() for x in (f"--{k}", str(v))]]
+
+
+@pytest.fixture(scope="module")
+def runs(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """One short epoch of each training script; returns their run folders."""
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    for name, script in SCRIPTS.items():
+        script.main([*world_argv(world), "--image_size", "32", "--base_channels", "4",
+                     "--batch_size", "4", "--nb_epochs", "1", "--num_workers", "0",
+                     "--num_val_images", "2", "--checkpoint_dir", str(checkpoints),
+                     "--experiment_name", name])
+    return {name: checkpoints / name for name in SCRIPTS}
+
+
+@pytest.mark.parametrize("model_name", list(SCRIPTS))
+def test_one_short_epoch_writes_the_run_folder(runs: Dict[str, Path], model_name: str) -> None:
+    run = runs[model_name]
+    for name in ("last_model.pth", "best_model.pth", "config.json", "metrics.json",
+                 "val_last.png", "val_best.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    parser = SCRIPTS[model_name].build_parser()
+    every_flag = {a.dest for a in parser._actions if a.dest != "help"}
+    assert every_flag <= set(config["args"])
+    assert config["model"]["name"] == model_name
+    assert config["model"]["config"]["base_channels"] == 4
+    assert config["args"]["max_depth"] == config["model"]["config"]["max_depth"] == 15.0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["protocol"]["valid_threshold"] == 0.0
+    (epoch,) = metrics["history"]
+    assert set(epoch["train"]) == {"l1", "total"}
+    assert epoch["val"]["n_images"] + epoch["val"]["n_skipped"] == 2  # 1 val sample per location
+    assert load_checkpoint(run / LAST_CHECKPOINT)["model_name"] == model_name
+
+
+def test_evaluate_writes_metrics_and_per_image_csv(
+        runs: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    evaluate.main(["--checkpoint", str(runs["binaural_attention"]), "--out", str(tmp_path),
+                   "--num_workers", "0"])
+    result = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(METRIC_NAMES) | {"n_images", "n_skipped"} <= set(result)
+    assert result["split"] == "test" and result["model_name"] == "binaural_attention"
+    with open(tmp_path / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result["n_images"] + result["n_skipped"] == 2
+    scored = [float(r["rmse"]) for r in rows if r["rmse"]]
+    assert np.mean(scored) == pytest.approx(result["rmse"], abs=1e-5)
+    table = capsys.readouterr().out
+    assert "rmse" in table and "delta3" in table
+
+
+def test_predict_from_a_wav_and_refuses_the_wrong_input(
+        runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
+    wav = sorted((world / "v2").glob("*/audio/*.wav"))[0]
+    predict.main(["--checkpoint", str(runs["binaural_attention"]), "--wav", str(wav),
+                  "--out", str(tmp_path)])
+    depth = np.load(tmp_path / f"{wav.stem}_depth.npy")
+    assert depth.shape == (32, 32) and depth.dtype == np.float32
+    assert np.isfinite(depth).all() and depth.min() >= 0 and depth.max() <= 15.0
+    assert (tmp_path / f"{wav.stem}_depth.png").is_file()
+    with pytest.raises(SystemExit) as error:
+        predict.main(["--checkpoint", str(runs["binaural_attention"]), "--left", str(wav),
+                      "--right", str(wav), "--out", str(tmp_path)])
+    assert str(error.value.code) == (
+        "error: this model was trained on V2 recordings: pass --wav (only)")
+
+
+@pytest.mark.parametrize("module", [train_rgb_depth, train_binaural_attention, evaluate, predict])
+def test_help_documents_every_flag_with_its_default(
+        module: Any, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    flags = [a for a in module.build_parser()._actions if a.dest != "help"]
+    assert all(a.help and a.option_strings[0] in text for a in flags)
+    assert text.count("(default:") == len(flags)
+
+
+def _one_line_error(argv: List[str]) -> str:
+    with pytest.raises(SystemExit) as error:
+        train_rgb_depth.main(argv)
+    message = str(error.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    return message
+
+
+def test_bad_inputs_give_one_line_errors(
+        tmp_path: Path, write_v1_tree: Any, capsys: pytest.CaptureFixture) -> None:
+    common = ["--checkpoint_dir", str(tmp_path / "checkpoints"), "--num_workers", "0"]
+    message = _one_line_error(["--dataset", "batvisionv2", *common])
+    assert "--data_root is required" in message
+    # V1 without a camera column: the RGB model cannot train, and the CSV is named.
+    v1 = write_v1_tree(tmp_path / "bv1", depth_shape=(32, 32))
+    for split in ("train", "val", "test"):
+        with open(v1 / f"{split}.csv") as f:
+            rows = [{k: v for k, v in row.items() if k != "camera path left"}
+                    for row in csv.DictReader(f)]
+        with open(v1 / f"{split}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    message = _one_line_error(["--dataset", "batvisionv1", "--data_root", str(v1),
+                               "--image_size", "32", *common])
+    assert "train.csv" in message and "camera path left" in message
+    with pytest.raises(SystemExit) as error:  # a flag error: one line too, exit status 2
+        train_rgb_depth.main(["--dataset", "batvision3"])
+    assert error.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "invalid choice: 'batvision3'" in stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_root_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_root"
+    result = subprocess.run(
+        [sys.executable, "train_rgb_depth.py", "--dataset", "batvisionv2", "--data_root",
+         str(missing), "--checkpoint_dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"error: {missing}: dataset root not found\n"
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,202 @@
+"""Datasets and loaders built from the command line, the synthetic default, and mirror augmentation.
+
+``--dataset synthetic`` (the default) trains on the simulated world of
+:mod:`datasets.synthetic.world`, written in the BatVision V2 format and read by the same V2
+reader as the real data. Its ``--data_root`` defaults to ``.cache/synthetic/<world>/`` in the
+repository, generated on first use and reused afterwards.
+
+Sampling is a pure function of ``(seed, epoch)``: the training sampler is a
+``DistributedSampler`` in every case (a world of one when not under torchrun), whose permutation
+is ``randperm(seed + epoch)`` split rank by rank. So the global batches of a torchrun run are the
+batches of a one-process run with the same global ``--batch_size``, and a resumed run draws the
+same order as an uninterrupted one without storing any sampler state. Validation shards the split
+rank by rank without padding, so every image is scored exactly once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Dict, Iterator, Sized
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from datasets import BatvisionV1Dataset, BatvisionV2Dataset
+from datasets.sample import AUDIO, DEPTH, RGB, VALID
+from training.device import DistContext, main_process_first
+from training.errors import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SYNTHETIC_CACHE = REPO_ROOT / ".cache" / "synthetic"
+DATASETS = ("batvisionv1", "batvisionv2", "synthetic")
+READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
+           "synthetic": BatvisionV2Dataset}
+# Which key of the sample dict each model reads.
+MODEL_INPUTS = {"rgb_depth": RGB, "binaural_attention": AUDIO}
+
+
+def synthetic_world_config(args: argparse.Namespace) -> Any:
+    """The ``WorldConfig`` that ``--synthetic_*`` flags describe (V2 format)."""
+    from datasets.synthetic.world import WorldConfig
+
+    return WorldConfig(format="v2", locations=args.synthetic_locations,
+                       samples=args.synthetic_samples, seed=args.synthetic_seed,
+                       height=args.synthetic_size, width=args.synthetic_size)
+
+
+def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
+    """The folder to hand to the reader; for ``synthetic``, the world, generated when absent.
+
+    For ``synthetic``, ``--data_root`` is the folder that holds the world (default
+    ``.cache/synthetic/<world>/``, which this function writes into ``args.data_root`` so the run
+    records it) and the reader root is the world's ``v2/`` folder inside it.
+
+    Raises:
+        UsageError: ``--data_root`` missing for a real dataset.
+    """
+    if args.dataset != "synthetic":
+        if args.data_root is None:
+            raise UsageError(f"--data_root is required for --dataset {args.dataset}")
+        return Path(args.data_root)
+    from datasets.synthetic.world import ensure_synthetic_world
+
+    config = synthetic_world_config(args)
+    if args.data_root is None:
+        digest = sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+        args.data_root = str(SYNTHETIC_CACHE / f"{config.locations}x{config.samples}_{digest[:10]}")
+    with main_process_first(context):
+        return Path(ensure_synthetic_world(args.data_root, config, progress=context.is_main))
+
+
+def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: bool) -> Dataset:
+    """The reader for ``--dataset`` on ``split`` with the data flags of ``args``.
+
+    Args:
+        args: parsed arguments (``dataset``, ``max_depth``, ``image_size``, ``recipe``,
+            ``locations``, ``cache_dir`` and, for audio models, ``audio_format``).
+        root: from :func:`resolve_data_root`.
+        split: ``train``, ``val`` or ``test``.
+        use_rgb: load the camera image (the RGB model; DataError where a V1 CSV has no camera).
+    """
+    return READERS[args.dataset](
+        root=root, split=split, max_depth=args.max_depth, image_size=args.image_size,
+        audio=getattr(args, "audio_format", "spectrogram"), use_rgb=use_rgb, recipe=args.recipe,
+        locations=args.locations.split(",") if args.locations else None,
+        cache_dir=args.cache_dir or None,
+    )
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: each item on exactly one rank, no padding, in order."""
+
+    def __init__(self, data: Sized, rank: int, world_size: int) -> None:
+        self.indices = range(rank, len(data), world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class Data:
+    """What the engine needs from the data side.
+
+    Attributes:
+        train_loader: this rank's training batches (per-rank batch = global batch / world size).
+        train_sampler: its sampler; ``set_epoch(epoch)`` before each epoch fixes the order.
+        val_loader: this rank's shard of the validation split.
+        val_dataset: the whole validation split (rank 0 draws the pictures from its first items).
+        max_depth: metres, the depth range of the data (the model's output range).
+    """
+
+    train_loader: DataLoader
+    train_sampler: DistributedSampler
+    val_loader: DataLoader
+    val_dataset: Dataset
+    max_depth: float
+
+
+def train_sampler(dataset: Dataset, context: DistContext, seed: int) -> DistributedSampler:
+    """This rank's share of a ``randperm`` drawn from ``seed + epoch`` (call ``set_epoch``)."""
+    return DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank,
+                              shuffle=True, seed=seed, drop_last=False)
+
+
+def per_rank_batch_size(batch_size: int, context: DistContext) -> int:
+    """Split the global ``--batch_size`` evenly over the ranks (error when it does not divide)."""
+    if batch_size % context.world_size:
+        raise UsageError(f"--batch_size {batch_size} is the global batch and must divide by the "
+                         f"{context.world_size} processes")
+    return batch_size // context.world_size
+
+
+def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) -> Data:
+    """Training and validation loaders for a training script; fills in ``args.max_depth`` (and,
+    for the synthetic default, ``args.data_root``) so ``config.json`` records the values used.
+
+    Args:
+        args: parsed arguments (data flags, ``batch_size``, ``num_workers``, ``seed``).
+        context: this process's place in the torchrun world.
+        use_rgb: load camera images (the RGB model).
+    """
+    root = resolve_data_root(args, context)
+    if args.max_depth is None and args.dataset == "synthetic":
+        args.max_depth = synthetic_world_config(args).camera_range_m  # farther is a hole anyway
+    batch = per_rank_batch_size(args.batch_size, context)
+    with main_process_first(context):  # rank 0 builds any preprocessing cache first
+        train_set = build_dataset(args, root, "train", use_rgb)
+        val_set = build_dataset(args, root, "val", use_rgb)
+    args.max_depth = float(train_set.max_depth)
+    if len(val_set) < context.world_size:
+        raise UsageError(f"the val split has {len(val_set)} samples, fewer than the "
+                         f"{context.world_size} processes")
+    sampler = train_sampler(train_set, context, args.seed)
+    loader_kwargs: Dict[str, Any] = dict(num_workers=args.num_workers,
+                                         pin_memory=torch.cuda.is_available(),
+                                         persistent_workers=args.num_workers > 0)
+    return Data(
+        train_loader=DataLoader(train_set, batch_size=batch, sampler=sampler, **loader_kwargs),
+        train_sampler=sampler,
+        val_loader=DataLoader(val_set, batch_size=batch, **loader_kwargs,
+                              sampler=ShardSampler(val_set, context.rank, context.world_size)),
+        val_dataset=val_set, max_depth=float(train_set.max_depth),
+    )
+
+
+def mirror_batch(batch: Dict[str, Any], flip: torch.Tensor) -> Dict[str, Any]:
+    """Mirror the chosen samples of a batch left–right, consistently across modalities.
+
+    Depth, validity and RGB are flipped along their width; the audio's two ears are swapped
+    (channel 0 ↔ 1). A spectrogram's axes are frequency × time, so its time axis is *not*
+    flipped: swapping the ears is the whole mirror of a binaural recording.
+
+    Args:
+        batch: a collated sample dict on any device.
+        flip: (B,) bool, which samples to mirror.
+
+    Returns:
+        A new dict; the input batch is not modified.
+    """
+    mirrored = dict(batch)
+    for key in (DEPTH, VALID, RGB, AUDIO):
+        if key in batch:
+            x = batch[key]
+            flipped = x.flip(1) if key == AUDIO else x.flip(-1)
+            mask = flip.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+            mirrored[key] = torch.where(mask, flipped, x)
+    return mirrored
+
+
+def mirror_flags(batch_size: int, seed: int, global_step: int, rank: int) -> torch.Tensor:
+    """(B,) bool coin flips drawn from ``(seed, global_step, rank)`` alone, so they repeat exactly
+    after a resume and never touch the global random state."""
+    entropy = np.random.SeedSequence([seed, global_step, rank]).generate_state(1)[0]
+    generator = torch.Generator().manual_seed(int(entropy))
+    return torch.rand(batch_size, generator=generator) < 0.5
+

@@ -1,0 +1,501 @@
+"""The training engine: one fit / validate loop under every training script.
+
+The engine knows nothing about models. It trains a :class:`Task`, an ``nn.Module`` that turns a
+batch (the sample dict of ``datasets.sample``, collated, on the device) into a depth map and a
+dict of named loss terms.
+
+Plugging in a new task
+----------------------
+Subclass :class:`Task` (or :class:`DepthTask`, to reuse the supervised terms):
+
+* set ``self.model``: the network being trained. It must have ``model_name`` and ``config``;
+  its weights, name and config become the checkpoint's model (what ``evaluate.py`` and
+  ``predict.py`` rebuild);
+* set ``self.input_key``: the batch key the model reads (``"rgb"`` or ``"audio"``), drawn in the
+  validation pictures;
+* implement ``forward(batch) -> (depth, losses)``: ``depth`` (B, 1, H, W) in metres is what the
+  metrics score; ``losses`` maps names to scalar tensors, already weighted, and ``"total"`` is the
+  one optimised (:func:`with_total` adds it as the sum of the others). Each term is logged on its
+  own: tqdm postfix, ``metrics.json`` history, W&B;
+* any other child module with trainable parameters (e.g. distillation adapters) joins the
+  optimizer and is checkpointed under its attribute name; a child whose parameters are all frozen
+  (``requires_grad_(False)``, e.g. a teacher) stays out of both and is kept in eval mode.
+  Under torchrun every trainable parameter must take part in every forward (a DDP rule): keep a
+  term whose weight is 0 at some step in the graph rather than skipping it.
+
+Then ``fit(task, data, run)`` with ``data`` from :func:`training.data.build_data` and ``run``
+from :func:`training.cli.start_run`; ``training/distill.py`` is a worked example.
+
+What ``fit`` guarantees: AMP on CUDA (bf16, or fp16 with a gradient scaler), gradient clipping,
+DDP under torchrun (rank 0 logs and writes; metrics are reduced over ranks), a learning-rate
+schedule stepped per batch and built for the whole ``--nb_epochs`` horizon (also when the run is
+cut short with ``--stop_after_epochs``), ``last_model.pth`` after every epoch and
+``best_model.pth`` at each new best validation RMSE, and exact resume: with ``--deterministic``
+on CPU, stopping after epoch k and resuming gives bit-identical weights to an uninterrupted run.
+A non-finite loss stops the run before the optimizer step, with one line saying where; the last
+checkpoint on disk is the last good one.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, default_collate
+
+from datasets.errors import DataError
+from datasets.sample import DEPTH, RGB, VALID
+from training.checkpoint import (
+    BEST_CHECKPOINT, CONFIG_FILE, FORMAT_VERSION, LAST_CHECKPOINT, Checkpoint, atomic_write,
+    capture_rng_state, restore_rng_state, save_checkpoint, write_json,
+)
+from training.cli import Run
+from training.data import Data, mirror_batch, mirror_flags
+from training.device import DistContext
+from training.errors import TrainingError
+from training.losses import edge_aware_smoothness, get_criterion
+from training.metrics import DepthMetrics, format_metrics
+from training.tracking import Tracker, progress, save_validation_picture
+
+Batch = Dict[str, Any]
+TOTAL = "total"
+
+
+class Task(nn.Module):
+    """What the engine trains (see the module docstring). Subclasses set ``model`` and
+    ``input_key`` and implement ``forward(batch) -> (depth, losses)``."""
+
+    model: nn.Module
+    input_key: str
+
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+
+def with_total(terms: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``terms`` plus ``"total"``, their sum (the terms are already weighted)."""
+    return {**terms, TOTAL: sum(terms.values())}
+
+
+class DepthTask(Task):
+    """Supervised depth: ``model(batch[input_key])`` against the ground truth.
+
+    Args:
+        model: a model of ``models`` (depth in metres).
+        input_key: ``"rgb"`` for the RGB model, ``"audio"`` for the binaural one.
+        max_depth: metres; depths are divided by it inside the losses, so loss values and
+            learning rates do not depend on the dataset's range.
+        criterion: a name of :data:`training.losses.CRITERIA`; logged under that name.
+        smoothness_weight: weight of :func:`training.losses.edge_aware_smoothness` (guided by the
+            batch's RGB when it has one), logged as ``smoothness``; 0 leaves the term out.
+    """
+
+    def __init__(self, model: nn.Module, input_key: str, max_depth: float, criterion: str = "l1",
+                 smoothness_weight: float = 0.0) -> None:
+        super().__init__()
+        self.model = model
+        self.input_key = input_key
+        self.max_depth = float(max_depth)
+        self.criterion_name = criterion
+        self.criterion = get_criterion(criterion)
+        self.smoothness_weight = smoothness_weight
+
+    def supervised_losses(self, depth: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
+        """Weighted supervised terms (no ``total``) for predicted depth (B, 1, H, W) in metres."""
+        depth = depth.float()  # losses in float32 also under autocast
+        valid = batch[VALID]
+        terms = {self.criterion_name: self.criterion(
+            depth / self.max_depth, batch[DEPTH] / self.max_depth, valid)}
+        if self.smoothness_weight > 0:
+            terms["smoothness"] = self.smoothness_weight * edge_aware_smoothness(
+                depth, valid, batch.get(RGB))
+        return terms
+
+    def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        depth = self.model(batch[self.input_key])
+        return depth, with_total(self.supervised_losses(depth, batch))
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def trainable_children(task: Task) -> Dict[str, nn.Module]:
+    """Children of ``task`` other than ``model`` with trainable parameters (checkpointed extras)."""
+    return {name: child for name, child in task.named_children()
+            if name != "model" and any(p.requires_grad for p in child.parameters())}
+
+
+def set_train_mode(task: Task) -> None:
+    """Train mode, except children whose parameters are all frozen (they stay in eval mode)."""
+    task.train()
+    for child in task.children():
+        parameters = list(child.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            child.eval()
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of a collated batch to ``device`` (``meta`` strings stay as they are)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def build_optimizer(args: argparse.Namespace,
+                    parameters: List[nn.Parameter]) -> torch.optim.Optimizer:
+    """``--optimizer`` over ``parameters`` with ``--learning_rate`` and ``--weight_decay``."""
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.SGD(parameters, lr=args.learning_rate, momentum=0.9,
+                           weight_decay=args.weight_decay)
+
+
+def lr_factor(args: argparse.Namespace, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate multiplier as a function of the optimizer step, over all ``--nb_epochs``.
+
+    Linear warm-up over ``--warmup_epochs``, then ``none`` (1), ``cosine`` (to 0 at the last
+    step) or ``step`` (× ``--step_gamma`` every ``--step_size`` epochs).
+    """
+    total = max(1, args.nb_epochs * steps_per_epoch)
+    warmup = min(total, round(args.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if args.scheduler == "cosine":
+            progress_ = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+        if args.scheduler == "step":
+            return args.step_gamma ** ((step // steps_per_epoch) // args.step_size)
+        return 1.0
+
+    return factor
+
+
+def amp_dtype(amp: str, device: torch.device, announce: bool) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` on ``device``, or ``None`` (CPU: says once it is ignored)."""
+    if amp == "none":
+        return None
+    if device.type != "cuda":
+        if announce:
+            print(f"--amp {amp} is ignored on {device.type}: mixed precision is used on CUDA only")
+        return None
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device,
+             dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype``, or nothing when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _sum_over_ranks(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    if context.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def _sync_buffers(task: Task, context: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), the ones rank 0 saves."""
+    if context.distributed:
+        for buffer in task.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
+def validate(
+    task: Task,
+    loader: DataLoader,
+    device: torch.device,
+    metrics: DepthMetrics,
+    context: DistContext = DistContext(),
+    autocast_dtype: Optional[torch.dtype] = None,
+    on_batch: Optional[Callable[[Batch, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
+    desc: str = "validate",
+) -> Dict[str, float]:
+    """Score ``task`` on a loader; ``metrics`` ends up reduced over every rank.
+
+    Args:
+        task: evaluated in eval mode.
+        loader: this rank's shard of the split.
+        device: where the task lives.
+        metrics: accumulator to fill (then all-reduced).
+        context: torchrun world.
+        autocast_dtype: AMP dtype, or ``None``.
+        on_batch: called with ``(batch, depth, scores, n_valid)`` for per-image reports.
+        desc: progress bar label.
+
+    Returns:
+        Mean of each loss term over the split's samples (reduced over ranks).
+    """
+    task.eval()
+    sums: Optional[torch.Tensor] = None
+    names: List[str] = []
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in progress(loader, context.is_main, desc):
+        batch = to_device(batch, device)
+        with autocast(device, autocast_dtype):
+            depth, losses = task(batch)
+        depth = depth.float()
+        scores, n_valid = metrics.update(depth, batch[DEPTH])
+        if on_batch is not None:
+            on_batch(batch, depth, scores, n_valid)
+        names = list(losses)
+        size = len(depth)
+        values = torch.stack([losses[k].detach().double() for k in names]) * size
+        sums = values if sums is None else sums + values
+        count += size
+    metrics.all_reduce()
+    if sums is None:
+        return {}
+    means = _sum_over_ranks(sums, context) / _sum_over_ranks(count, context)
+    return dict(zip(names, means.tolist()))
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries besides the weights and optimiser state."""
+
+    epoch: int = 0
+    global_step: int = 0
+    best_score: float = math.inf
+    best_epoch: int = 0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def write_run_config(run: Run, model: nn.Module) -> None:
+    """``config.json``: every resolved argument and the model's name and constructor kwargs."""
+    write_json(run.run_dir / CONFIG_FILE, {
+        "model": {"name": model.model_name, "config": model.config},
+        "args": vars(run.args), "world_size": run.context.world_size,
+        "torch_version": torch.__version__,
+    })
+
+
+class Trainer:
+    """The loop behind :func:`fit`: builds the optimisation state, restores a resumed run, then
+    alternates :meth:`train_epoch` and :meth:`end_epoch` (validate, save, log)."""
+
+    def __init__(self, task: Task, data: Data, run: Run) -> None:
+        self.data, self.run, self.args = data, run, run.args
+        self.context, self.device = run.context, run.device
+        task.to(self.device)
+        if self.args.sync_bn and self.context.distributed and self.device.type == "cuda":
+            task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
+        self.task = task
+        self.parameters = [p for p in task.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.args, self.parameters)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(self.args, len(data.train_loader)))
+        self.autocast_dtype = amp_dtype(self.args.amp, self.device, announce=self.context.is_main)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.autocast_dtype == torch.float16)
+        self.state = self._restore() if run.checkpoint else TrainState()
+        # What the training step calls: the task itself, or its DDP wrapper under torchrun.
+        self.step_module: nn.Module = task
+        if self.context.distributed:
+            self.step_module = DistributedDataParallel(
+                task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.tracker = Tracker(run.run_dir, self.context.is_main,
+                               DepthMetrics(self.args.valid_threshold).protocol(),
+                               self.args.use_wandb, self.args.wandb_project,
+                               self.args.experiment_name, vars(self.args))
+
+    def _restore(self) -> TrainState:
+        """Load the resumed checkpoint into the task and the optimisation state (the random
+        state is restored by :meth:`fit`, right before the first epoch)."""
+        checkpoint, args = self.run.checkpoint, self.args
+        assert checkpoint is not None
+        self.task.model.load_state_dict(checkpoint["model_state"])
+        for name, child in trainable_children(self.task).items():
+            if name not in checkpoint["extra_states"]:
+                raise DataError(self.run.checkpoint_path,
+                                f"has no state for the task's module {name!r}")
+            child.load_state_dict(checkpoint["extra_states"][name])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        if checkpoint["scaler_state"]:
+            self.scaler.load_state_dict(checkpoint["scaler_state"])
+        # Learning rate and weight decay follow the (possibly overridden) arguments rather than
+        # the saved optimizer; unchanged flags give back exactly the saved values.
+        self.scheduler.base_lrs = [args.learning_rate] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = args.learning_rate
+            group["weight_decay"] = args.weight_decay
+            group["lr"] = args.learning_rate * factor(self.scheduler.last_epoch)
+        return TrainState(epoch=checkpoint["epoch"], global_step=checkpoint["global_step"],
+                          best_score=checkpoint["best_score"], best_epoch=checkpoint["best_epoch"],
+                          history=list(checkpoint["history"]))
+
+    def fit(self) -> Dict[str, Any]:
+        """See :func:`fit`."""
+        args, state, main = self.args, self.state, self.context.is_main
+        if main:
+            self.run.run_dir.mkdir(parents=True, exist_ok=True)
+            write_run_config(self.run, self.task.model)
+            if state.epoch >= args.nb_epochs:
+                print(f"{self.run.run_dir} has already trained {state.epoch} epochs (--nb_epochs "
+                      f"{args.nb_epochs}); pass a larger --nb_epochs to continue")
+        if self.run.checkpoint:
+            restore_rng_state(self.run.checkpoint["rng"])
+        last_epoch = args.nb_epochs
+        if args.stop_after_epochs is not None:
+            last_epoch = min(last_epoch, state.epoch + args.stop_after_epochs)
+        metrics: Dict[str, Any] = {}
+        for epoch in range(state.epoch, last_epoch):
+            started = time.time()
+            train_means = self.train_epoch(epoch)
+            metrics = self.end_epoch(train_means, started)
+        self.tracker.finish()
+        return {"run_dir": self.run.run_dir, "epoch": state.epoch, "best_rmse": state.best_score,
+                "best_epoch": state.best_epoch, "last_metrics": metrics}
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        """One pass over this rank's training shard; returns each loss term's mean over the
+        epoch's samples, reduced over ranks.
+
+        Raises:
+            TrainingError: a non-finite loss term (on any rank), before the optimizer step.
+        """
+        args, state, device = self.args, self.state, self.device
+        self.data.train_sampler.set_epoch(epoch)
+        set_train_mode(self.task)
+        names: List[str] = []
+        sums: Optional[torch.Tensor] = None
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        bar = progress(self.data.train_loader, self.context.is_main,
+                       f"epoch {epoch + 1}/{args.nb_epochs}")
+        for batch in bar:
+            batch = to_device(batch, device)
+            size = len(batch[DEPTH])
+            if args.mirror_augment:
+                flags = mirror_flags(size, args.seed, state.global_step, self.context.rank)
+                batch = mirror_batch(batch, flags)
+            with autocast(device, self.autocast_dtype):
+                _, losses = self.step_module(batch)
+            names = list(losses)
+            values = torch.stack([losses[k].detach().double() for k in names])
+            if _sum_over_ranks((~torch.isfinite(values)).any().double(), self.context).item():
+                raise TrainingError(self._non_finite_message(names, values, epoch))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses[TOTAL]).backward()
+            if args.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.parameters, args.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            state.global_step += 1
+            sums = values * size if sums is None else sums + values * size
+            count += size
+            if self.context.is_main:
+                bar.set_postfix({n: f"{v:.4f}" for n, v in zip(names, (sums / count).tolist())})
+                if state.global_step % args.log_every == 0:
+                    step_values = {f"step/{n}": v for n, v in zip(names, values.tolist())}
+                    step_values["step/lr"] = self.optimizer.param_groups[0]["lr"]
+                    self.tracker.log_steps(step_values, state.global_step)
+        assert sums is not None, "the training split gave no batch"
+        means = _sum_over_ranks(sums, self.context) / _sum_over_ranks(count, self.context)
+        return dict(zip(names, means.tolist()))
+
+    def _non_finite_message(self, names: List[str], values: torch.Tensor, epoch: int) -> str:
+        terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
+        kept = (f"the last good checkpoint {self.run.run_dir / LAST_CHECKPOINT} "
+                f"(epoch {self.state.epoch}) is kept" if self.state.epoch > 0
+                else "no checkpoint had been written yet")
+        return (f"non-finite loss at epoch {epoch + 1}, step {self.state.global_step + 1} "
+                f"({terms}); stopped, {kept}")
+
+    def end_epoch(self, train_means: Dict[str, float], started: float) -> Dict[str, Any]:
+        """Validate, then (rank 0) save ``last_model.pth`` (and ``best_model.pth`` on a new best
+        RMSE), ``metrics.json`` and the pictures. Returns the validation metrics."""
+        args, state, run = self.args, self.state, self.run
+        _sync_buffers(self.task, self.context)
+        metrics = DepthMetrics(args.valid_threshold, device=self.device)
+        val_losses = validate(self.task, self.data.val_loader, self.device, metrics, self.context,
+                              self.autocast_dtype)
+        scores = metrics.compute()
+        state.epoch += 1
+        improved = scores["rmse"] is not None and scores["rmse"] < state.best_score
+        if improved:
+            state.best_score, state.best_epoch = float(scores["rmse"]), state.epoch
+        state.history.append({
+            "epoch": state.epoch, "global_step": state.global_step,
+            "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2),
+            "train": train_means, "val": scores, "val_loss": val_losses,
+        })
+        if not self.context.is_main:
+            return scores
+        save_checkpoint(run.run_dir / LAST_CHECKPOINT, self._checkpoint(scores))
+        self.tracker.log_epoch(state.history, {"epoch": state.best_epoch, "rmse": state.best_score})
+        headline = format_metrics(scores, ("rmse", "abs_rel", "delta1"))
+        copies_if_best = [(LAST_CHECKPOINT, BEST_CHECKPOINT)]
+        if args.num_val_images > 0:
+            self._draw_pictures(run.run_dir / "val_last.png",
+                                f"{args.experiment_name}, epoch {state.epoch}: val {headline}")
+            copies_if_best.append(("val_last.png", "val_best.png"))
+        if improved:
+            for source, target in copies_if_best:
+                atomic_write(run.run_dir / target,
+                             functools.partial(shutil.copyfile, run.run_dir / source))
+        summary = " ".join(f"{k}={v:.4f}" for k, v in train_means.items())
+        print(f"epoch {state.epoch}/{args.nb_epochs} train {summary} | val {headline}"
+              f"{' (best)' if improved else ''}")
+        return scores
+
+    def _checkpoint(self, metrics: Dict[str, Any]) -> Checkpoint:
+        task, state = self.task, self.state
+        return Checkpoint(
+            format_version=FORMAT_VERSION, model_name=task.model.model_name,
+            model_config=task.model.config, model_state=task.model.state_dict(),
+            extra_states={name: child.state_dict()
+                          for name, child in trainable_children(task).items()},
+            optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.scheduler.state_dict(),
+            scaler_state=self.scaler.state_dict(), epoch=state.epoch, global_step=state.global_step,
+            best_score=state.best_score, best_epoch=state.best_epoch, metrics=metrics,
+            history=state.history, rng=capture_rng_state(), args=vars(self.args).copy(),
+        )
+
+    def _draw_pictures(self, path: Path, title: str) -> None:
+        """The first ``--num_val_images`` validation samples: input | GT | prediction | error."""
+        dataset = self.data.val_dataset
+        samples = [dataset[i] for i in range(min(self.args.num_val_images, len(dataset)))]
+        batch = to_device(default_collate(samples), self.device)
+        self.task.eval()
+        with torch.no_grad(), autocast(self.device, self.autocast_dtype):
+            depth, _ = self.task(batch)
+        save_validation_picture(path, batch[self.task.input_key], batch[DEPTH], depth,
+                                self.data.max_depth, title)
+        self.tracker.log_picture(path, "val/pictures")
+
+
+def fit(task: Task, data: Data, run: Run) -> Dict[str, Any]:
+    """Train ``task`` for ``--nb_epochs`` (or ``--stop_after_epochs`` more), validating each epoch.
+
+    Args:
+        task: what to train (see the module docstring).
+        data: loaders from :func:`training.data.build_data`.
+        run: from :func:`training.cli.start_run` (arguments, device, run folder, resume state).
+
+    Returns:
+        ``{"run_dir", "epoch", "best_rmse", "best_epoch", "last_metrics"}``.
+
+    Raises:
+        TrainingError: a non-finite loss.
+    """
+    return Trainer(task, data, run).fit()
