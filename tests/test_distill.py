@@ -1,0 +1,247 @@
+"""Distillation terms: zero on agreement, positive otherwise; adapters learn; schedules ramp."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Tuple
+
+import pytest
+import torch
+
+import train_distillation
+import train_rgb_depth
+from models import build_model
+from training.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from training.distill import (
+    MATCHINGS,
+    DistillationTask,
+    FeatureAdapters,
+    depth_kd_loss,
+    feature_kd_loss,
+    schedule_factor,
+    teacher_confidence,
+)
+
+
+def _features(seed: int, channels: int = 8, size: int = 8) -> torch.Tensor:
+    return torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_depth_kd_zero_on_agreement_positive_otherwise(kind: str) -> None:
+    teacher = torch.rand(2, 1, 8, 8) * 10
+    assert depth_kd_loss(teacher.clone(), teacher, max_depth=10.0, kind=kind).item() == 0.0
+    assert depth_kd_loss(teacher + 0.5, teacher, max_depth=10.0, kind=kind).item() > 0.0
+
+
+def test_depth_kd_is_in_normalised_units() -> None:
+    teacher = torch.full((1, 1, 4, 4), 2.0)
+    assert depth_kd_loss(teacher + 1.0, teacher, max_depth=10.0).item() == pytest.approx(0.1)
+    scaled = teacher * 3
+    assert depth_kd_loss(scaled + 3.0, scaled, max_depth=30.0).item() == pytest.approx(0.1)
+
+
+def test_depth_kd_covers_pixels_without_ground_truth() -> None:
+    # The student is only wrong where GT would be missing; depth KD still sees it.
+    teacher = torch.ones(1, 1, 4, 4)
+    student = teacher.clone()
+    student[..., 0, 0] = 3.0
+    assert depth_kd_loss(student, teacher, max_depth=4.0).item() > 0.0
+
+
+@pytest.mark.parametrize("matching", MATCHINGS)
+def test_feature_kd_zero_on_agreement_positive_otherwise(matching: str) -> None:
+    teacher = _features(0)
+    agree = feature_kd_loss(teacher.clone(), teacher, matching).item()
+    assert agree == pytest.approx(0.0, abs=1e-6)
+    assert feature_kd_loss(_features(1), teacher, matching).item() > 1e-3
+
+
+def test_feature_kd_rejects_unknown_matching() -> None:
+    with pytest.raises(ValueError, match="matching"):
+        feature_kd_loss(_features(0), _features(1), "l7")
+
+
+@pytest.mark.parametrize("matching", MATCHINGS)
+def test_adapters_receive_gradients(matching: str) -> None:
+    student = {"d1": _features(2, channels=4, size=4), "d2": _features(3, channels=6, size=8)}
+    teacher = {"d1": _features(4, channels=16, size=4), "d2": _features(5, channels=8, size=8)}
+    adapters = FeatureAdapters.from_features(student, teacher, ["d1", "d2"])
+    losses = adapters(student, teacher, matching)
+    assert set(losses) == {"d1", "d2"}
+    sum(losses.values()).backward()
+    for level in ("d1", "d2"):
+        conv = adapters.adapters[level]
+        assert conv.weight.shape[:2] == (teacher[level].shape[1], student[level].shape[1])
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_adapters_reject_unknown_level() -> None:
+    with pytest.raises(ValueError, match="d9"):
+        FeatureAdapters({"d9": 4}, {"d9": 4}, ["d9"])
+
+
+def test_feature_kd_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        feature_kd_loss(_features(0, size=8), _features(1, size=4), "cosine")
+
+
+def test_schedules_ramp_from_zero_to_one() -> None:
+    for schedule in ("constant", "confidence"):
+        assert schedule_factor(schedule, 0.0, ramp=10) == 1.0
+    assert schedule_factor("linear", 0.0, ramp=10) == 0.0
+    assert schedule_factor("linear", 5.0, ramp=10) == pytest.approx(0.5)
+    assert schedule_factor("cosine", 5.0, ramp=10) == pytest.approx(0.5)
+    quarter = 0.5 * (1 - math.cos(math.pi / 4))
+    assert schedule_factor("cosine", 2.5, ramp=10) == pytest.approx(quarter)
+    for schedule in ("linear", "cosine"):
+        assert schedule_factor(schedule, 25.0, ramp=10) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        schedule_factor("step", 1.0)
+
+
+def test_confidence_trusts_an_exact_teacher_and_fills_holes_with_the_image_mean() -> None:
+    gt = torch.tensor([[[[2.0, 4.0], [0.0, 2.0]]]])
+    valid = gt > 0
+    teacher = torch.tensor([[[[2.0, 4.0 * 1.2], [7.0, 2.0]]]])  # exact, 20 % off, hole, exact
+    weight = teacher_confidence(teacher, gt, valid, tau=0.2)
+    expected_off = math.exp(-1.0)
+    assert weight[0, 0, 0, 0].item() == pytest.approx(1.0)
+    assert weight[0, 0, 0, 1].item() == pytest.approx(expected_off)
+    assert weight[0, 0, 1, 0].item() == pytest.approx((2.0 + expected_off) / 3)
+    no_gt = torch.zeros_like(gt)
+    assert torch.equal(teacher_confidence(teacher, no_gt, no_gt > 0), torch.ones_like(gt))
+
+
+# --------------------------------------------------------------------------------------------
+# The distillation task and train_distillation.py
+
+IMAGE = 16
+BASE = 4
+
+
+def _tiny_batch(seed: int = 0, batch_size: int = 2) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    depth = torch.rand(batch_size, 1, IMAGE, IMAGE, generator=g) * 20 + 1
+    depth[..., :3, :] = 0.0  # a band of holes, as the real ground truth has
+    return {"audio": torch.rand(batch_size, 2, IMAGE, IMAGE, generator=g),
+            "rgb": torch.rand(batch_size, 3, IMAGE, IMAGE, generator=g),
+            "depth": depth, "valid": depth > 0}
+
+
+def _task(**kwargs) -> DistillationTask:
+    torch.manual_seed(0)
+    teacher = build_model("rgb_depth", base_channels=BASE, max_depth=30.0)
+    student = build_model("binaural_attention", base_channels=BASE, max_depth=30.0)
+    return DistillationTask(student, teacher, 30.0, IMAGE, **kwargs)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "confidence"])
+def test_one_step_trains_student_and_adapters_and_leaves_the_teacher_alone(schedule: str) -> None:
+    task = _task(depth_weight=1.0, feature_weight=0.5, feature_levels=["d2", "x3"],
+                 schedule=schedule)
+    teacher_before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    adapters_before = {k: v.clone() for k, v in task.adapters.state_dict().items()}
+    parameters = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-2)
+
+    task.train()
+    assert not task.teacher.training
+    depth, losses = task(_tiny_batch())
+    assert set(losses) == {"l1", "kd_depth", "kd_d2", "kd_x3", "total"}
+    assert depth.shape == (2, 1, IMAGE, IMAGE)
+    optimizer.zero_grad()
+    losses["total"].backward()
+    optimizer.step()
+
+    assert all(not p.requires_grad for p in task.teacher.parameters())
+    for name, value in task.teacher.state_dict().items():  # parameters AND BatchNorm buffers
+        assert torch.equal(value, teacher_before[name]), name
+    assert any(not torch.equal(v, student_before[k]) for k, v in task.model.state_dict().items())
+    adapters_after = task.adapters.state_dict()
+    assert all(not torch.equal(v, adapters_before[k]) for k, v in adapters_after.items())
+    assert task.step == 1
+
+
+def test_kd_terms_follow_the_weights_and_schedule() -> None:
+    task = _task(depth_weight=2.0, feature_weight=0.0, schedule="linear", ramp_steps=4)
+    assert task.adapters is None
+    task.eval()
+    with torch.no_grad():
+        _, at_start = task(_tiny_batch())
+        task.step = 2
+        _, halfway = task(_tiny_batch())
+    assert set(at_start) == {"l1", "kd_depth", "total"}
+    assert at_start["kd_depth"].item() == 0.0
+    assert halfway["kd_depth"].item() > 0.0
+    expected_total = halfway["l1"].item() + halfway["kd_depth"].item()
+    assert halfway["total"].item() == pytest.approx(expected_total)
+    assert task.step == 2  # eval forwards are not training steps
+
+
+def _train_args(root: Path, out: Path, name: str) -> list:
+    return ["--dataset", "batvisionv2", "--data_root", str(root), "--image_size", str(IMAGE),
+            "--base_channels", str(BASE), "--batch_size", "3", "--nb_epochs", "1",
+            "--num_workers", "0", "--checkpoint_dir", str(out), "--experiment_name", name,
+            "--num_val_images", "1", "--attention_levels", "4,5"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
+    """A tiny V2 tree and a one-epoch teacher trained on it: (data root, checkpoint)."""
+    from tests.conftest import write_v2_tree
+
+    base = tmp_path_factory.mktemp("kd")
+    root = write_v2_tree(base / "bv2")
+    args = [a for a in _train_args(root, base / "runs", "teacher")
+            if a not in ("--attention_levels", "4,5")]
+    train_rgb_depth.main(args)
+    return root, base / "runs" / "teacher" / LAST_CHECKPOINT
+
+
+def test_a_short_distillation_epoch_writes_student_and_adapters(teacher_run,
+                                                                 tmp_path: Path) -> None:
+    root, teacher = teacher_run
+    train_distillation.main(_train_args(root, tmp_path, "kd") + [
+        "--teacher_checkpoint", str(teacher), "--lambda_feat", "0.1", "--feature_levels", "d1,d4",
+        "--kd_schedule", "cosine", "--kd_ramp_epochs", "0.5"])
+    checkpoint = load_checkpoint(tmp_path / "kd" / LAST_CHECKPOINT)
+    assert checkpoint["model_name"] == "binaural_attention"
+    assert set(checkpoint["extra_states"]) == {"adapters"}
+    assert "teacher" not in checkpoint["extra_states"]
+    logged = checkpoint["history"][-1]["train"]
+    assert {"l1", "kd_depth", "kd_d1", "kd_d4", "total"} <= set(logged)
+    assert all(math.isfinite(v) for v in logged.values())
+
+    # Resuming restores teacher, KD flags and adapters from the run itself.
+    train_distillation.main(["--resume", str(tmp_path / "kd"), "--nb_epochs", "2",
+                             "--num_workers", "0"])
+    resumed = load_checkpoint(tmp_path / "kd" / LAST_CHECKPOINT)
+    assert resumed["epoch"] == 2 and resumed["args"]["teacher_checkpoint"] == str(teacher)
+    assert resumed["args"]["feature_levels"] == ["d1", "d4"]
+    assert set(resumed["history"][-1]["train"]) == set(logged)
+
+
+def test_teacher_of_the_wrong_model_size_or_range_is_refused(teacher_run,
+                                                             tmp_path: Path) -> None:
+    root, teacher = teacher_run
+    wrong_size = _train_args(root, tmp_path, "a") + ["--teacher_checkpoint", str(teacher)]
+    wrong_size[wrong_size.index("--image_size") + 1] = "32"
+    with pytest.raises(SystemExit, match=r"trained on 16x16 inputs.*--image_size 32"):
+        train_distillation.main(wrong_size)
+
+    with pytest.raises(SystemExit, match=r"predicts depth up to 30.0 m.* max_depth is 12.0 m"):
+        train_distillation.main(_train_args(root, tmp_path, "c") + [
+            "--teacher_checkpoint", str(teacher), "--max_depth", "12"])
+
+    checkpoint = load_checkpoint(teacher)
+    student = build_model("binaural_attention", base_channels=BASE)
+    checkpoint.update(model_name=student.model_name, model_config=student.config,
+                      model_state=student.state_dict())
+    not_a_teacher = tmp_path / "student.pth"
+    save_checkpoint(not_a_teacher, checkpoint)
+    with pytest.raises(SystemExit, match=r"student.pth: holds a 'binaural_attention' model"):
+        train_distillation.main(_train_args(root, tmp_path, "b") + [
+            "--teacher_checkpoint", str(not_a_teacher)])
+    assert not any((tmp_path / name / LAST_CHECKPOINT).exists() for name in "abc")
