@@ -23,8 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets.batvision import read_camera, read_ear_pair, read_wav
-from datasets.errors import DataError
+from datasets.batvision import check_audio_length, read_camera, read_ear_pair, read_wav
 from datasets.recipes import get_recipe, rgb_tensor
 from datasets.sample import RGB
 from training import cli
@@ -78,12 +77,8 @@ def model_input(args: argparse.Namespace, saved_args: Dict[str, Any],
         waveform = read_ear_pair(Path(args.left), Path(args.right))
         name = Path(args.left).stem.removesuffix("_left")
     recipe = get_recipe(saved_args["recipe"])
-    # As the training reader: shorter audio would be stretched over the spectrogram grid.
-    cut = recipe.cut_length(saved_args["max_depth"], trained_format)
-    needed = max(recipe.min_audio_samples, cut or 0)
-    if waveform.shape[1] < needed:
-        raise DataError(args.wav or args.left, f"{waveform.shape[1]} samples, too short: the "
-                        f"{recipe.name} recipe needs at least {needed}")
+    check_audio_length(waveform, Path(args.wav or args.left), recipe, saved_args["max_depth"],
+                       trained_format)
     audio = recipe.audio(waveform, saved_args.get("audio_format", "spectrogram"), size,
                          saved_args["max_depth"], trained_format)
     return audio, name

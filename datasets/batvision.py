@@ -107,6 +107,19 @@ def read_ear_pair(left: Path, right: Path) -> np.ndarray:
     return np.stack(ears)
 
 
+def check_audio_length(waveform: np.ndarray, path: Path, recipe: Recipe, max_depth: float,
+                       fmt: str) -> None:
+    """Refuse a (2, T) recording shorter than ``recipe.required_samples(max_depth, fmt)``.
+
+    Raises:
+        DataError: naming ``path``.
+    """
+    needed = recipe.required_samples(max_depth, fmt)
+    if waveform.shape[1] < needed:
+        raise DataError(path, f"{waveform.shape[1]} samples, too short: the {recipe.name} recipe "
+                              f"needs at least {needed} (STFT and echo window)")
+
+
 def read_depth_mm(path: Path) -> np.ndarray:
     """Read a depth map: 2-D ``.npy`` in millimetres (V2 uint16, V1 float with NaN/±inf).
 
@@ -208,8 +221,6 @@ class _BatvisionDataset(Dataset):
         if cut is not None and cut < self.recipe.min_audio_samples:
             raise ValueError(f"max_depth {self.max_depth} m keeps {cut} samples; the STFT needs "
                              f"at least {self.recipe.min_audio_samples}")
-        # Shorter audio would be stretched over the same S×S grid as full-length audio: refuse it.
-        self.min_audio_samples = max(self.recipe.min_audio_samples, cut or 0)
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root not found")
         self.records, csv_bytes = self._scan(locations)
@@ -244,11 +255,8 @@ class _BatvisionDataset(Dataset):
             waveform = read_wav(record.audio_paths[0])
         else:
             waveform = read_ear_pair(*record.audio_paths)
-        if waveform.shape[1] < self.min_audio_samples:
-            raise DataError(record.audio_paths[0],
-                            f"{waveform.shape[1]} samples, too short: the {self.recipe.name} "
-                            f"recipe needs at least {self.min_audio_samples} (STFT and echo "
-                            f"window)")
+        check_audio_length(waveform, record.audio_paths[0], self.recipe, self.max_depth,
+                           self.format)
         depth, valid = self.recipe.depth(
             read_depth_mm(record.depth_path), self.image_size, self.max_depth)
         sample: Sample = {

@@ -88,6 +88,16 @@ class Recipe:
         """Fewest samples the STFT accepts: reflect padding of n_fft // 2 needs one more."""
         return self.n_fft // 2 + 1
 
+    def required_samples(self, max_depth: float, fmt: str) -> int:
+        """Fewest samples a recording must hold: the STFT's minimum, and the whole echo window
+        when this recipe cuts (shorter audio would be stretched over the same S×S grid).
+
+        Args:
+            max_depth: metres; sets the echo window.
+            fmt: ``"v1"`` or ``"v2"``.
+        """
+        return max(self.min_audio_samples, self.cut_length(max_depth, fmt) or 0)
+
     def cut_length(self, max_depth: float, fmt: str) -> Optional[int]:
         """Samples kept from the start of the recording, or ``None`` for no cut.
 
