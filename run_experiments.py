@@ -36,7 +36,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -54,7 +53,7 @@ from training.data import MODEL_INPUTS, build_dataset, resolve_data_root
 from training.device import DistContext, resolve_device
 from training.errors import UsageError
 from training.metrics import METRIC_NAMES, DepthMetrics, image_metrics
-from training.tracking import DEPTH_CMAP, HOLE_COLOUR, progress
+from training.tracking import DEPTH_CMAP, HOLE_COLOUR, masked_depth, progress, save_figure
 
 TRAINERS: Dict[str, Callable[[Optional[List[str]]], None]] = {
     "teacher": train_rgb_depth.main,
@@ -411,11 +410,6 @@ def write_markdown(path: Path, summary: List[Dict[str, Any]], preset: Preset, se
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _save_figure(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-
-
 def save_bar_chart(path: Path, summary: List[Dict[str, Any]]) -> None:
     """Horizontal bars of test RMSE (metres) with ± std over seeds; references in grey."""
     figure = Figure(figsize=(8, 0.5 * len(summary) + 1.2))
@@ -429,7 +423,7 @@ def save_bar_chart(path: Path, summary: List[Dict[str, Any]]) -> None:
     ax.set_xlabel("test RMSE (m), lower is better")
     for y, entry in zip(positions, summary):
         ax.text(entry["rmse"], y, f" {entry['rmse']:.3f}", va="center")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def save_picture_grid(path: Path, test_set: Dataset, runs: Dict[str, Path], count: int,
@@ -461,7 +455,7 @@ def save_picture_grid(path: Path, test_set: Dataset, runs: Dict[str, Path], coun
         truth = gt[row, 0].numpy()
         norm = Normalize(0.0, float(truth.max()) or 1.0)  # per row: near rooms keep their contrast
         axes[row, 0].imshow(batch[RGB][row].permute(1, 2, 0).numpy().clip(0, 1))
-        axes[row, 1].imshow(np.ma.masked_where(truth <= 0, truth), cmap=cmap, norm=norm)
+        axes[row, 1].imshow(masked_depth(truth), cmap=cmap, norm=norm)
         titles = ["RGB", "ground truth (white: hole)"]
         for column, (title, depth) in enumerate(predictions.items(), start=2):
             axes[row, column].imshow(depth[row, 0].numpy(), cmap=cmap, norm=norm)
@@ -473,7 +467,7 @@ def save_picture_grid(path: Path, test_set: Dataset, runs: Dict[str, Path], coun
             ax.set_xticks([])
             ax.set_yticks([])
     figure.suptitle("test samples; depth colours per row, from 0 to its farthest ground truth")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------------------------

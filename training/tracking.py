@@ -126,11 +126,13 @@ class Tracker:
             self.wandb_run.finish()
 
 
-def _masked_depth(depth: np.ndarray) -> np.ma.MaskedArray:
+def masked_depth(depth: np.ndarray) -> np.ma.MaskedArray:
+    """Depth in metres with holes (depth <= 0) masked, so imshow paints them the 'bad' colour."""
     return np.ma.masked_where(depth <= 0, depth)
 
 
-def _save_figure(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    """Render a matplotlib figure off-screen (Agg) and write it atomically as a PNG."""
     FigureCanvasAgg(figure)
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
 
@@ -173,7 +175,7 @@ def save_validation_picture(
             axes[row, 0].imshow(ears, origin="lower", aspect="auto", cmap="magma")
             axes[row, 0].axvline(inputs.shape[-1] - 0.5, color="white", linewidth=1)
             axes[row, 0].set_title("spectrogram: left | right")
-        depth_image = axes[row, 1].imshow(_masked_depth(gt[row, 0]), cmap=depth_cmap,
+        depth_image = axes[row, 1].imshow(masked_depth(gt[row, 0]), cmap=depth_cmap,
                                           norm=depth_norm)
         axes[row, 1].set_title("ground truth (white: hole)")
         axes[row, 2].imshow(pred[row, 0], cmap=depth_cmap, norm=depth_norm)
@@ -187,18 +189,18 @@ def save_validation_picture(
     figure.colorbar(error_image, ax=axes[:, 3].tolist(), label="|error| (m)", shrink=0.8)
     if title:
         figure.suptitle(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def save_depth_picture(path: Path, depth: np.ndarray, max_depth: float, title: str = "") -> None:
     """A single depth map (H, W) in metres as a coloured PNG with a colour bar in metres."""
     figure = Figure(figsize=(6, 5))
     ax = figure.subplots()
-    image = ax.imshow(_masked_depth(depth), norm=Normalize(0.0, max_depth),
+    image = ax.imshow(masked_depth(depth), norm=Normalize(0.0, max_depth),
                       cmap=colormaps[DEPTH_CMAP].with_extremes(bad=HOLE_COLOUR))
     ax.set_xticks([])
     ax.set_yticks([])
     figure.colorbar(image, ax=ax, label="depth (m)")
     if title:
         ax.set_title(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)
