@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from models import build_model  # noqa: E402
+from training.device import resolve_device  # noqa: E402
 
 # benchmark name → (build_model name, input channels, extra constructor kwargs)
 MODELS: Dict[str, Tuple[str, int, Dict[str, Any]]] = {
@@ -202,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.worker is not None:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     print(f"device {device}, batch {args.batch_size}, base {args.base_channels}, amp {args.amp}, "
           f"median of {args.repeats} interleaved steps after 1 warm-up, "
           f"threads per process {args.num_threads or torch.get_num_threads()}")
