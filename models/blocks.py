@@ -33,22 +33,23 @@ FEATURE_KEYS: Tuple[str, ...] = ENCODER_KEYS + DECODER_KEYS
 SIZE_MULTIPLE = 16
 
 
-def check_input(x: torch.Tensor, channels: int) -> None:
+def check_input(x: torch.Tensor, channels: int, multiple: int = SIZE_MULTIPLE) -> None:
     """Reject an input the U-Net cannot take, with a one-line reason.
 
     Args:
         x: model input, expected (B, channels, H, W).
         channels: the channel count the model was built for.
+        multiple: H and W must divide by it (2 to the number of halvings; 16 for these U-Nets).
 
     Raises:
-        ValueError: wrong rank or channel count, or H or W not divisible by 16.
+        ValueError: wrong rank or channel count, or H or W not divisible by ``multiple``.
     """
     if x.ndim != 4 or x.shape[1] != channels:
         raise ValueError(f"expected input of shape (B, {channels}, H, W), got {tuple(x.shape)}")
     height, width = x.shape[-2:]
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+    if height % multiple or width % multiple:
         raise ValueError(
-            f"input height and width must be divisible by {SIZE_MULTIPLE}, got {height}x{width}"
+            f"input height and width must be divisible by {multiple}, got {height}x{width}"
         )
 
 
