@@ -1,9 +1,13 @@
-"""Readers of the BatVision V1 and V2 on-disk formats (see ``../shared/docs/batvision-format.md``).
+"""Readers of the BatVision V1 and V2 on-disk formats (layouts: ``datasets.synthetic.writer``).
 
 This module parses the split CSVs and reads the WAV / ``.npy`` / JPEG files exactly as they are
 on disk; every tensor operation lives in the named recipe (``datasets.recipes``) and the optional
 preprocessing cache in ``datasets.cache``. Items follow the sample contract of
 ``datasets.sample``. Bad input raises ``DataError`` naming the file — never a silent zero sample.
+
+A dataset's ``data_fingerprint`` identifies the split's content cheaply (the CSVs' bytes and every
+referenced file's size and modification time, no file read): it keys the preprocessing cache and
+lets a run record which data it saw.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -27,6 +32,7 @@ from datasets.recipes import AUDIO_MODES, SAMPLE_RATE, Recipe, get_recipe, rgb_t
 from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
 
 PathLike = Union[str, "os.PathLike[str]"]
+SplitCsv = Tuple[Path, bytes]   # a split CSV and its bytes, as read
 INT32_FULL_SCALE = 2.0 ** 31
 
 
@@ -147,7 +153,7 @@ def read_csv(path: Path, required: Sequence[str]) -> Tuple[List[Dict[str, str]],
     """Read a split CSV and check that it has the ``required`` columns, each filled in every row.
 
     Returns:
-        the rows as dicts, and the file's bytes (they key the preprocessing cache).
+        the rows as dicts, and the file's bytes (part of the data fingerprint).
     """
     if not path.is_file():
         raise DataError(path, "split CSV not found")
@@ -223,7 +229,7 @@ class _BatvisionDataset(Dataset):
                              f"at least {self.recipe.min_audio_samples}")
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root not found")
-        self.records, csv_bytes = self._scan(locations)
+        self.records, self._csvs = self._scan(locations)
         if not self.records:
             raise DataError(self.root, f"split {split!r} has no samples")
         self.locations = sorted({r.location for r in self.records})
@@ -233,13 +239,45 @@ class _BatvisionDataset(Dataset):
                 "format": self.format, "root": str(self.root), "split": split,
                 "locations": self.locations, "image_size": image_size, "audio": audio,
                 "use_rgb": use_rgb, "max_depth": self.max_depth, "recipe": self.recipe.params(),
-                "csv_sha256": hashlib.sha256(csv_bytes).hexdigest(),
+                "data_fingerprint": self.data_fingerprint,
             }
             self._cache = open_or_build(
                 cache_dir, f"{self.format}-{split}", params, len(self.records), self.load_sample)
 
-    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], List[SplitCsv]]:
+        """The split's records (kept locations only) and the CSVs they were read from."""
         raise NotImplementedError
+
+    @cached_property
+    def data_fingerprint(self) -> str:
+        """sha256 (hex) of the split's content as seen from outside the files.
+
+        Covers the format, every split CSV read (path relative to the root, bytes) and, for every
+        record, each referenced file (audio, depth, and the camera image whenever the CSV names
+        one, used or not) by path relative to the root, size and ``st_mtime_ns``. Only ``stat`` is
+        called, so it is cheap; a missing or unreadable file is hashed as such (reading it is
+        what reports it). The root's own location does not enter: a tree moved with its times
+        kept (``cp -a``, ``rsync -a``) keeps its fingerprint.
+        """
+        digest = hashlib.sha256(f"batvision-{self.format}\n".encode())
+        for path, raw in self._csvs:
+            digest.update(f"csv {self._relative(path)} {len(raw)}\n".encode())
+            digest.update(raw)
+        for record in self.records:
+            paths = record.audio_paths + (record.depth_path,)
+            if record.camera_path is not None:
+                paths += (record.camera_path,)
+            for path in paths:
+                try:
+                    stat = os.stat(path)
+                    entry = f"{stat.st_size} {stat.st_mtime_ns}"
+                except (OSError, ValueError):   # ValueError: a NUL byte in a damaged CSV path
+                    entry = "unreadable"
+                digest.update(f"{self._relative(path)} {entry}\n".encode())
+        return digest.hexdigest()
+
+    def _relative(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -308,7 +346,7 @@ class BatvisionV2Dataset(_BatvisionDataset):
     AUDIO_COLUMNS = ("index", "audio path", "audio file name", "depth path", "depth file name")
     CAMERA_COLUMNS = ("camera path", "camera file name")
 
-    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], List[SplitCsv]]:
         folders = []
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and not entry.name.startswith("."):   # e.g. .ipynb_checkpoints
@@ -317,13 +355,13 @@ class BatvisionV2Dataset(_BatvisionDataset):
                 warnings.warn(f"{entry}: not a location folder, skipped", stacklevel=3)
         required = self.AUDIO_COLUMNS + (self.CAMERA_COLUMNS if self.use_rgb else ())
         records: List[Record] = []
-        csv_bytes = b""
+        csvs: List[SplitCsv] = []
         for location in _keep_locations(folders, locations, self.root):
             csv_path = self.root / location / f"{self.split}.csv"
             if not csv_path.is_file():
                 raise DataError(csv_path, f"location folder has no {self.split}.csv")
             rows, raw = read_csv(csv_path, required)
-            csv_bytes += raw
+            csvs.append((csv_path, raw))
             for row in rows:
                 camera = (self.root / row["camera path"] / row["camera file name"]
                           if row.get("camera path") and row.get("camera file name") else None)
@@ -332,7 +370,7 @@ class BatvisionV2Dataset(_BatvisionDataset):
                     audio_paths=(self.root / row["audio path"] / row["audio file name"],),
                     depth_path=self.root / row["depth path"] / row["depth file name"],
                     camera_path=camera))
-        return records, csv_bytes
+        return records, csvs
 
 
 class BatvisionV1Dataset(_BatvisionDataset):
@@ -356,7 +394,7 @@ class BatvisionV1Dataset(_BatvisionDataset):
     AUDIO_COLUMNS = ("depth path", "audio path left", "audio path right")
     CAMERA_COLUMN = "camera path left"
 
-    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], bytes]:
+    def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], List[SplitCsv]]:
         csv_path = self.root / f"{self.split}.csv"
         required = self.AUDIO_COLUMNS + ((self.CAMERA_COLUMN,) if self.use_rgb else ())
         rows, raw = read_csv(csv_path, required)
@@ -370,4 +408,4 @@ class BatvisionV1Dataset(_BatvisionDataset):
                 depth_path=self.root / row["depth path"],
                 camera_path=self.root / camera if camera else None))
         keep = _keep_locations([r.location for r in records], locations, self.root)
-        return [r for r in records if r.location in keep], raw
+        return [r for r in records if r.location in keep], [(csv_path, raw)]

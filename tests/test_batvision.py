@@ -1,11 +1,14 @@
 """V1/V2 readers: documented shapes and dtypes, exact values, sorted order, location filter."""
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scipy.io import wavfile
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset, DataError
 from datasets.synthetic.writer import Recording, V1Writer, V2Writer, audio_to_int32
@@ -131,3 +134,58 @@ def test_bad_arguments(v2_root):
         BatvisionV2Dataset(v2_root, "train", recipe="fancy")
     with pytest.raises(ValueError, match="STFT needs"):
         BatvisionV2Dataset(v2_root, "train", max_depth=0.5)
+
+
+def _touch(path: Path, seconds: float) -> None:
+    """Set ``path``'s modification time explicitly (coarse clocks would hide a rewrite)."""
+    os.utime(path, ns=(int(seconds * 1e9), int(seconds * 1e9)))
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_data_fingerprint_follows_the_files(roots, fmt, tmp_path):
+    reader, _ = READERS[fmt]
+    root = roots[fmt]
+    train = reader(root, "train", image_size=SIZE)
+    fingerprint = train.data_fingerprint
+    assert len(fingerprint) == 64 and int(fingerprint, 16) >= 0
+    assert reader(root, "train", image_size=SIZE, use_rgb=True).data_fingerprint == fingerprint
+    assert reader(root, "val", image_size=SIZE).data_fingerprint != fingerprint
+    # Moving the tree with its times kept (copy2) keeps the fingerprint: the root is not in it.
+    moved = shutil.copytree(root, tmp_path / "moved")
+    assert reader(moved, "train", image_size=SIZE).data_fingerprint == fingerprint
+
+    record = train.records[-1]
+    for path in (record.audio_paths[-1], record.depth_path, record.camera_path):
+        stat = path.stat()
+        _touch(path, stat.st_mtime + 1)       # same size, same bytes, another time
+        assert reader(root, "train", image_size=SIZE).data_fingerprint != fingerprint
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert reader(root, "train", image_size=SIZE).data_fingerprint == fingerprint
+    record.depth_path.unlink()               # a missing file is part of the picture too
+    assert reader(root, "train", image_size=SIZE).data_fingerprint != fingerprint
+
+
+def test_data_fingerprint_covers_the_csv_bytes(v2_root):
+    fingerprint = BatvisionV2Dataset(v2_root, "test", image_size=SIZE).data_fingerprint
+    csv_path = v2_root / "Attic_A" / "test.csv"
+    stat = csv_path.stat()
+    csv_path.write_text(csv_path.read_text().replace(".504", ".505"))   # a time column only
+    _touch(csv_path, stat.st_mtime)
+    assert BatvisionV2Dataset(v2_root, "test", image_size=SIZE).data_fingerprint != fingerprint
+    # A location filter changes which CSVs and files the split covers.
+    assert BatvisionV2Dataset(v2_root, "test", image_size=SIZE,
+                              locations=["Attic_A"]).data_fingerprint != fingerprint
+
+
+def test_replaced_wav_is_not_served_from_a_stale_cache(v2_root, tmp_path):
+    """Regenerated data in the same folder gets a new cache (the CSVs alone did not change)."""
+    cache = tmp_path / "cache"
+    dataset = BatvisionV2Dataset(v2_root, "test", image_size=SIZE, audio="waveform",
+                                 cache_dir=cache)
+    before = dataset[0]["audio"]
+    path = dataset.records[0].audio_paths[0]
+    wavfile.write(path, 44_100, np.full((20_000, 2), 2 ** 28, dtype=np.int32))
+    again = BatvisionV2Dataset(v2_root, "test", image_size=SIZE, audio="waveform",
+                               cache_dir=cache)
+    assert not torch.equal(again[0]["audio"], before)
+    assert torch.all(again[0]["audio"] == 2 ** 28 / 2 ** 31)

@@ -113,6 +113,8 @@ class Data:
         val_loader: this rank's shard of the validation split.
         val_dataset: the whole validation split (rank 0 draws the pictures from its first items).
         max_depth: metres, the depth range of the data (the model's output range).
+        data_fingerprint: sha256 hex of the train and val splits' fingerprints
+            (:func:`combine_fingerprints`); equal to :func:`data_fingerprint` of the same flags.
     """
 
     train_loader: DataLoader
@@ -120,6 +122,34 @@ class Data:
     val_loader: DataLoader
     val_dataset: Dataset
     max_depth: float
+    data_fingerprint: str
+
+
+def combine_fingerprints(train: str, val: str) -> str:
+    """sha256 hex of a run's data: its train and val splits' ``data_fingerprint``."""
+    return sha256(f"train {train}\nval {val}\n".encode()).hexdigest()
+
+
+def split_fingerprint(args: argparse.Namespace, root: Path, split: str) -> str:
+    """The ``data_fingerprint`` of one split as ``args`` would read it, without any cache.
+
+    Args:
+        args: parsed data flags with a resolved ``dataset`` (see :func:`resolve_data_root`).
+        root: from :func:`resolve_data_root`.
+        split: ``train``, ``val`` or ``test``.
+
+    Raises:
+        DataError: the split's CSVs cannot be read.
+    """
+    reader_args = argparse.Namespace(**{**vars(args), "cache_dir": None})
+    return build_dataset(reader_args, root, split, use_rgb=False).data_fingerprint
+
+
+def data_fingerprint(args: argparse.Namespace, root: Path) -> str:
+    """The ``Data.data_fingerprint`` that :func:`build_data` would give for ``args``, computed
+    from the CSVs and file stats alone (no loader, no cache, no sample read)."""
+    return combine_fingerprints(split_fingerprint(args, root, "train"),
+                                split_fingerprint(args, root, "val"))
 
 
 def train_sampler(dataset: Dataset, context: DistContext, seed: int) -> DistributedSampler:
@@ -166,6 +196,8 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
         val_loader=DataLoader(val_set, batch_size=batch, **loader_kwargs,
                               sampler=ShardSampler(val_set, context.rank, context.world_size)),
         val_dataset=val_set, max_depth=float(train_set.max_depth),
+        data_fingerprint=combine_fingerprints(train_set.data_fingerprint,
+                                              val_set.data_fingerprint),
     )
 
 
