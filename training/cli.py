@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,19 @@ from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Set,
 
 import torch
 import torch.distributed as dist
+import yaml
 
 from datasets.errors import DataError
+from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS
+from models.blocks import DECODER_KEYS, FEATURE_KEYS, SIZE_MULTIPLE, encoder_channels
 from training.checkpoint import (
-    LAST_CHECKPOINT, Checkpoint, check_model_name, load_checkpoint, resolve_checkpoint_path,
+    LAST_CHECKPOINT, Checkpoint, atomic_write, check_model_name, load_checkpoint,
+    resolve_checkpoint_path,
 )
 from training.data import DATASETS
-from training.device import DistContext, init_distributed, resolve_device, seed_everything
+from training.device import (
+    DistContext, configure_threads, init_distributed, resolve_device, seed_everything,
+)
 from training.errors import TrainingError, UsageError
 from training.losses import CRITERIA
 
@@ -37,10 +45,20 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 # Machine- or invocation-specific: never taken over from the run being resumed.
-NOT_RESUMED = {"resume", "stop_after_epochs", "device", "num_workers", "overwrite"}
+NOT_RESUMED = {"resume", "stop_after_epochs", "device", "num_workers", "overwrite", "threads",
+               "config", "kind"}
 FIXED_ON_RESUME = ("optimizer",)
 
 ArgumentGroups = Dict[str, "argparse._ArgumentGroup"]
+# The models each training script can train (the first is its default).
+KIND_MODELS: Dict[str, Tuple[str, ...]] = {
+    "teacher": ("rgb_depth",),
+    "student": ("binaural_attention", "official_unet"),
+    "kd": ("binaural_attention",),
+}
+RESOLVED_CONFIG_FILE = "config.yaml"
+KIND_SCRIPTS = {"teacher": "train_rgb_depth.py", "student": "train_binaural_attention.py",
+                "kd": "train_distillation.py"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -57,25 +75,88 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def image_size(text: str) -> int:
+    """argparse type: a side in pixels, >= 16 and divisible by 16 (four 2x poolings)."""
+    value = positive_int(text)
+    if value % SIZE_MULTIPLE:
+        raise argparse.ArgumentTypeError(f"must be divisible by {SIZE_MULTIPLE}, got {text}")
+    return value
+
+
+def thread_count(text: str) -> str:
+    """argparse type of ``--threads``: ``auto`` or a positive integer (kept as text)."""
+    if text != "auto":
+        positive_int(text)
+    return text
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
 def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser, ArgumentGroups]:
     """The parser with every shared flag; returns it and its groups by name.
 
     Groups: ``data``, ``model``, ``optimisation``, ``run``, ``logging``.
     """
     parser = ArgumentParser(description)
+    parser.add_argument("--config", default=None,
+                        help="YAML file of flag defaults ({flag: value}, flags without '--'); "
+                             "flags on the command line override it. Every run saves its "
+                             "resolved config.yaml, which --config accepts")
     groups: ArgumentGroups = {
         name: parser.add_argument_group(name)
         for name in ("data", "model", "optimisation", "run", "logging")
     }
     data = groups["data"]
-    data.add_argument("--dataset", choices=DATASETS, default="synthetic",
-                      help="which data: real BatVision V1/V2, or the simulated world (V2 format)")
+    data.add_argument("--dataset", choices=("auto", *DATASETS), default="auto",
+                      help="which data: real BatVision V1/V2, or the simulated world (V2 format). "
+                           "auto: the simulated world without --data_root; with it, the layout "
+                           "found there (V2 location folders, V1 CSVs, or a simulated world)")
     data.add_argument("--data_root", default=None,
                       help="dataset root; required for batvisionv1/v2. For synthetic: default "
                            ".cache/synthetic/<world>/ in the repository, generated on first use")
-    data.add_argument("--image_size", type=int, default=256,
+    data.add_argument("--image_size", type=image_size, default=256,
                       help="side S of the square inputs and depth maps (divisible by 16)")
-    data.add_argument("--max_depth", type=float, default=None,
+    data.add_argument("--max_depth", type=positive_float, default=None,
                       help="depth range in metres (clip, audio echo window, model output range); "
                            "None: the dataset's (V1 12, V2 30, synthetic: the world's camera "
                            "range, 15)")
@@ -86,44 +167,46 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     data.add_argument("--cache_dir", default=None,
                       help="preprocess each split once into this folder and train from it "
                            "(None: no cache, decode every epoch)")
-    data.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+    data.add_argument("--num_workers", type=non_negative_int, default=2,
+                      help="DataLoader worker processes")
     data.add_argument("--mirror_augment", action="store_true",
                       help="mirror half the training samples left-right: flip depth and RGB, "
                            "swap the two ears")
-    data.add_argument("--synthetic_locations", type=int, default=3,
+    data.add_argument("--synthetic_locations", type=positive_int, default=3,
                       help="synthetic world: locations (one room family each)")
-    data.add_argument("--synthetic_samples", type=int, default=400,
+    data.add_argument("--synthetic_samples", type=positive_int, default=400,
                       help="synthetic world: samples per location (~70/15/15 train/val/test)")
-    data.add_argument("--synthetic_size", type=int, default=128,
+    data.add_argument("--synthetic_size", type=positive_int, default=128,
                       help="synthetic world: side of the rendered depth/RGB images in pixels")
-    data.add_argument("--synthetic_seed", type=int, default=0,
+    data.add_argument("--synthetic_seed", type=non_negative_int, default=0,
                       help="synthetic world: seed of the world (independent of --seed)")
 
-    groups["model"].add_argument("--base_channels", type=int, default=64,
+    groups["model"].add_argument("--base_channels", type=positive_int, default=64,
                                  help="U-Net width of the first level (levels: 1,2,4,8,8 x this)")
 
     opt = groups["optimisation"]
-    opt.add_argument("--batch_size", type=int, default=32,
+    opt.add_argument("--batch_size", type=positive_int, default=32,
                      help="GLOBAL batch size, split evenly over torchrun processes")
-    opt.add_argument("--nb_epochs", type=int, default=80, help="epochs to train in total")
-    opt.add_argument("--learning_rate", type=float, default=1e-3, help="peak learning rate")
-    opt.add_argument("--weight_decay", type=float, default=1e-2, help="weight decay")
+    opt.add_argument("--nb_epochs", type=positive_int, default=80, help="epochs to train in total")
+    opt.add_argument("--learning_rate", type=positive_float, default=1e-3,
+                     help="peak learning rate")
+    opt.add_argument("--weight_decay", type=non_negative_float, default=1e-2, help="weight decay")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                      help="optimizer (sgd uses momentum 0.9)")
     opt.add_argument("--scheduler", choices=SCHEDULERS, default="none",
                      help="learning-rate schedule over all --nb_epochs, stepped every batch")
-    opt.add_argument("--warmup_epochs", type=float, default=0.0,
+    opt.add_argument("--warmup_epochs", type=non_negative_float, default=0.0,
                      help="linear warm-up from 0 over this many epochs (any scheduler)")
-    opt.add_argument("--step_size", type=int, default=30,
+    opt.add_argument("--step_size", type=positive_int, default=30,
                      help="step scheduler: epochs between learning-rate drops")
-    opt.add_argument("--step_gamma", type=float, default=0.1,
+    opt.add_argument("--step_gamma", type=positive_float, default=0.1,
                      help="step scheduler: factor of each drop")
     opt.add_argument("--criterion", choices=tuple(CRITERIA), default="l1",
                      help="depth loss on valid pixels, on depth / max_depth")
-    opt.add_argument("--smoothness_weight", type=float, default=0.0,
+    opt.add_argument("--smoothness_weight", type=non_negative_float, default=0.0,
                      help="weight of the smoothness term on the prediction (edge-aware on the "
                           "RGB view when the batch has one; 0: off)")
-    opt.add_argument("--grad_clip", type=float, default=0.0,
+    opt.add_argument("--grad_clip", type=non_negative_float, default=0.0,
                      help="clip the global gradient norm to this (0: off)")
     opt.add_argument("--amp", choices=AMP_MODES, default="none",
                      help="mixed precision on CUDA (fp16 adds a gradient scaler); ignored on CPU")
@@ -138,15 +221,23 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     run.add_argument("--resume", default=None,
                      help="continue a run: its folder, a checkpoint file, or 'latest' (the run "
                           "most recently written under --checkpoint_dir). Its saved arguments "
-                          "are restored; flags given now override them")
+                          "are restored; flags given now override them, except the data and "
+                          "distillation settings, which must match the run's")
     run.add_argument("--overwrite", action="store_true",
-                     help="start afresh in a run folder that already holds a run")
-    run.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+                     help="start afresh in a run folder that already holds a run (its "
+                          "checkpoints, records and pictures are deleted first)")
+    run.add_argument("--seed", type=non_negative_int, default=0,
+                     help="seed of initialisation and data order")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic kernels: bit-exact reruns and resumes on CPU")
     run.add_argument("--device", default="auto",
                      help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
-    run.add_argument("--stop_after_epochs", type=int, default=None,
+    run.add_argument("--threads", type=thread_count, default="auto",
+                     help="CPU threads per process for torch's kernels. auto: the cores that are "
+                          "idle when the run starts (a laptop is never quiet: threads beyond the "
+                          "free cores slow every step), torch's default on CUDA; an explicit "
+                          "OMP_NUM_THREADS wins")
+    run.add_argument("--stop_after_epochs", type=positive_int, default=None,
                      help="stop after this many epochs of this invocation, as if killed "
                           "(the schedule still spans --nb_epochs); continue with --resume")
 
@@ -154,28 +245,209 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     log.add_argument("--use_wandb", action="store_true",
                      help="log to Weights & Biases (offline when no API key is configured)")
     log.add_argument("--wandb_project", default="batdepth", help="W&B project")
-    log.add_argument("--log_every", type=int, default=50, help="W&B: log the loss every N steps")
-    log.add_argument("--num_val_images", type=int, default=4,
+    log.add_argument("--log_every", type=positive_int, default=50,
+                     help="W&B: log the loss every N steps")
+    log.add_argument("--num_val_images", type=non_negative_int, default=4,
                      help="validation samples drawn in val_last.png / val_best.png "
                           "(0: no pictures)")
-    log.add_argument("--valid_threshold", type=float, default=0.0,
+    log.add_argument("--valid_threshold", type=non_negative_float, default=0.0,
                      help="metrics score pixels with ground truth > this (metres)")
     return parser, groups
 
 
-def add_audio_format(group: "argparse._ArgumentGroup") -> None:
-    """``--audio_format``, for the scripts whose model reads the audio."""
-    group.add_argument("--audio_format", choices=("spectrogram", "mel"), default="spectrogram",
-                       help="audio input: STFT magnitude or mel bands, both (2, S, S)")
-
-
-def comma_separated_ints(text: str) -> List[int]:
-    """argparse type for flags like ``--attention_levels 2,3,4,5``."""
+def attention_levels(text: str) -> List[int]:
+    """argparse type of ``--attention_levels 2,3,4,5``: distinct encoder levels in 1..5."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from error
+            f"expected comma-separated integers, got {text!r}") from None
+    if len(set(levels)) != len(levels) or any(not 1 <= level <= 5 for level in levels):
+        raise argparse.ArgumentTypeError(f"expected distinct levels in 1..5, got {text!r}")
+    return levels
+
+
+def feature_levels(text: str) -> List[str]:
+    """argparse type of ``--feature_levels d1,d2`` (any of x1..x5, d1..d4)."""
+    levels = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [level for level in levels if level not in FEATURE_KEYS]
+    if unknown or not levels:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated levels of {', '.join(FEATURE_KEYS)}, got {text!r}")
+    return levels
+
+
+def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
+    """The audio models' flags: input format, which model, and the student's own flags."""
+    groups["data"].add_argument(
+        "--audio_format", choices=("spectrogram", "mel"), default="spectrogram",
+        help="audio input: STFT magnitude or mel bands, both (2, S, S)")
+    model = groups["model"]
+    if len(models) > 1:
+        model.add_argument("--model", choices=tuple(models), default=models[0],
+                           help="binaural_attention: our student; official_unet: the official "
+                                "BatVision U-Net (pix2pix UnetGenerator, reference baseline; "
+                                "--base_channels is its ngf)")
+    model.add_argument("--attention_levels", type=attention_levels,
+                       default=",".join(map(str, DEFAULT_ATTENTION_LEVELS)),
+                       help="student: encoder levels (1..5, comma-separated) with ear-to-ear "
+                            "cross-attention")
+    model.add_argument("--num_heads", type=positive_int, default=4,
+                       help="student: attention heads per level (must divide every attended "
+                            "level's width)")
+    model.add_argument("--attention_mode", choices=("auto", "global", "time"), default="auto",
+                       help="student: auto: global attention at small levels, along time per "
+                            "frequency band at large ones")
+
+
+def add_distillation_args(parser: argparse.ArgumentParser) -> None:
+    """The ``distillation`` flag group."""
+    # Imported here: training.distill builds on the engine, which builds on this module.
+    from training.distill import DEPTH_KD_KINDS, MATCHINGS, SCHEDULES
+
+    group = parser.add_argument_group("distillation")
+    group.add_argument("--teacher_checkpoint", default=None,
+                       help="checkpoint of a train_rgb_depth.py run (required for a new run; a "
+                            "resumed run reuses its own)")
+    group.add_argument("--lambda_depth", type=non_negative_float, default=1.0,
+                       help="weight of the depth KD term (on depth / max_depth; 0: off)")
+    group.add_argument("--depth_kd", choices=DEPTH_KD_KINDS, default="l1",
+                       help="depth KD distance: absolute or squared error")
+    group.add_argument("--lambda_feat", type=non_negative_float, default=0.0,
+                       help="weight of the feature KD term, the mean over --feature_levels "
+                            "(0: off)")
+    group.add_argument("--feature_levels", type=feature_levels, default=",".join(DECODER_KEYS),
+                       help="comma-separated levels for feature KD, any of x1..x5 (encoder, on the "
+                            "spectrogram grid) and d1..d4 (decoder, on the image grid)")
+    group.add_argument("--feature_matching", choices=MATCHINGS, default="mse",
+                       help="mse: MSE of per-sample standardised features; cosine: 1 - cosine "
+                            "over channels; attention: attention transfer of spatial maps")
+    group.add_argument("--kd_schedule", choices=SCHEDULES, default="constant",
+                       help="KD weights: constant; ramped from 0 (linear, cosine) over "
+                            "--kd_ramp_epochs; or confidence (constant, depth KD weighted per "
+                            "pixel by the teacher's agreement with the ground truth)")
+    group.add_argument("--kd_ramp_epochs", type=positive_float, default=5.0,
+                       help="linear/cosine schedules: epochs until the KD weights reach full value")
+    group.add_argument("--confidence_tau", type=positive_float, default=0.2,
+                       help="confidence schedule: relative teacher error that gets weight 1/e")
+
+
+def build_parser(kind: str, description: Optional[str]) -> argparse.ArgumentParser:
+    """Every flag of the training script of ``kind`` (one of :data:`KIND_MODELS`).
+
+    Args:
+        kind: ``teacher`` (train_rgb_depth.py), ``student`` (train_binaural_attention.py) or
+            ``kd`` (train_distillation.py).
+        description: the script's docstring, shown by ``--help``.
+    """
+    parser, groups = training_parser(description)
+    if kind != "teacher":
+        add_audio_model_args(groups, KIND_MODELS[kind])
+    if kind == "kd":
+        add_distillation_args(parser)
+    parser.set_defaults(kind=kind)
+    return parser
+
+
+def model_name_of(args: argparse.Namespace) -> str:
+    """The model a run of these arguments trains."""
+    return getattr(args, "model", None) or KIND_MODELS[args.kind][0]
+
+
+def model_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """Constructor kwargs of the run's model (:func:`model_name_of`) from resolved arguments."""
+    name = model_name_of(args)
+    if name == "rgb_depth":
+        return {"base_channels": args.base_channels, "max_depth": args.max_depth}
+    if name == "official_unet":
+        return {"ngf": args.base_channels, "image_size": args.image_size,
+                "max_depth": args.max_depth}
+    return {"base_channels": args.base_channels, "attention_levels": args.attention_levels,
+            "num_heads": args.num_heads, "attention_mode": args.attention_mode,
+            "max_depth": args.max_depth}
+
+
+def _check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Cross-flag checks argparse cannot do flag by flag (one-line parser error, exit 2)."""
+    if model_name_of(args) == "binaural_attention":
+        widths = encoder_channels(args.base_channels)
+        for level in args.attention_levels:
+            width = widths[level - 1]
+            if width % args.num_heads or width % 4:
+                parser.error(f"--num_heads {args.num_heads} with --base_channels "
+                             f"{args.base_channels}: attended level {level} has {width} "
+                             "channels, which must divide by 4 and by the number of heads")
+
+
+# --------------------------------------------------------------------------------------------
+# --config FILE.yaml
+
+
+def config_argv(parser: argparse.ArgumentParser, path: "str | Path") -> List[str]:
+    """The flags a ``--config`` YAML file stands for, as command-line tokens.
+
+    The file maps flag names (without ``--``) to values: scalars, lists (joined with commas, as
+    the comma-separated flags take them) and, for on/off flags, booleans. ``null`` keeps the
+    parser's default. Values go through the flags' own argparse types, so a file is validated
+    exactly like a command line.
+
+    Raises:
+        UsageError: unreadable file, not a mapping, an unknown flag or a value of the wrong kind
+            (one line naming the file).
+    """
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UsageError(f"{path}: cannot read the config file ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if loaded is None:
+        return []
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{path}: expected a mapping of flag: value, got {type(loaded).__name__}")
+    actions = {action.dest: action for action in parser._actions}
+    tokens: List[str] = []
+    for key, value in loaded.items():
+        action = actions.get(key)
+        if action is None or key in ("help", "config", "kind") or not action.option_strings:
+            raise UsageError(f"{path}: unknown flag {key!r} (see --help for the flags)")
+        flag = action.option_strings[0]
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UsageError(f"{path}: {key} is an on/off flag, expected true or false, "
+                                 f"got {value!r}")
+            tokens += [flag] if value else []
+        elif isinstance(value, (dict, bool)):
+            raise UsageError(f"{path}: {key} expects a value, got {value!r}")
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            tokens += [flag, text]
+    return tokens
+
+
+def _with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> List[str]:
+    """``argv`` preceded by its ``--config`` file's flags, so the command line overrides them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--config", default=None)
+    known, _ = probe.parse_known_args(argv)
+    return argv if known.config is None else config_argv(parser, known.config) + argv
+
+
+def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """The resolved flags a ``--config`` file can hold to repeat this run (``config.yaml``)."""
+    skipped = {"config", "kind", "resume", "overwrite", "stop_after_epochs"}
+    return {k: v for k, v in vars(args).items() if k not in skipped and v is not None}
+
+
+def write_resolved_config(path: "str | Path", args: argparse.Namespace) -> None:
+    """Write :func:`resolved_config` as YAML (atomically): ``--config path`` repeats the run."""
+    text = ("# Resolved flags of this run; `--config` accepts this file as it is.\n"
+            + yaml.safe_dump(resolved_config(args), sort_keys=True))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 @contextlib.contextmanager
@@ -197,13 +469,26 @@ def _explicit_dests(parser: argparse.ArgumentParser, argv: Optional[Sequence[str
     return {dest for dest, value in vars(probe).items() if value is not unset}
 
 
+def kind_of_checkpoint(checkpoint: Checkpoint) -> str:
+    """Which script wrote a checkpoint: ``teacher``, ``student`` or ``kd``."""
+    identity = checkpoint.get("identity") or {}
+    if identity.get("kind"):
+        return identity["kind"]
+    if checkpoint["model_name"] == "rgb_depth":
+        return "teacher"
+    return "kd" if "teacher_checkpoint" in checkpoint.get("args", {}) else "student"
+
+
 @dataclass
 class Run:
     """A started run: everything a training script hands to the engine.
 
     Attributes:
         args: resolved arguments (after merging a resumed run's).
-        model_name: the model this script trains.
+        kind: ``teacher``, ``student`` or ``kd``: which script runs.
+        model_name: the model this run trains.
+        flag_groups: argparse group title → the flags (destinations) in it; the run identity
+            (:mod:`training.identity`) sorts the settings by these groups.
         context: place in the torchrun world.
         device: this process's device.
         run_dir: the run folder (``--checkpoint_dir/--experiment_name``).
@@ -212,16 +497,19 @@ class Run:
     """
 
     args: argparse.Namespace
+    kind: str
     model_name: str
+    flag_groups: Dict[str, List[str]]
     context: DistContext
     device: torch.device
     run_dir: Path
     checkpoint: Optional[Checkpoint] = None
     checkpoint_path: Optional[Path] = None
 
-    def model_config(self, from_args: Dict[str, Any]) -> Dict[str, Any]:
-        """The model's constructor kwargs: ``from_args`` for a new run, the checkpoint's when
-        resuming (then any value of ``from_args`` that differs is an error)."""
+    def model_config(self) -> Dict[str, Any]:
+        """The model's constructor kwargs: from the arguments for a new run, the checkpoint's
+        when resuming (then any value the arguments give differently is an error)."""
+        from_args = model_config(self.args)
         if self.checkpoint is None:
             return from_args
         saved = self.checkpoint["model_config"]
@@ -234,7 +522,14 @@ class Run:
         return saved
 
 
-def _resume_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+def flag_groups(parser: argparse.ArgumentParser) -> Dict[str, List[str]]:
+    """Argparse group title → destinations of its flags (positional/optional groups skipped)."""
+    return {group.title: [action.dest for action in group._group_actions]
+            for group in parser._action_groups
+            if group.title not in ("positional arguments", "options", "optional arguments")}
+
+
+def _resume_args(parser: argparse.ArgumentParser, argv: Sequence[str],
                  args: argparse.Namespace, checkpoint: Checkpoint,
                  path: Path) -> argparse.Namespace:
     explicit = _explicit_dests(parser, argv)
@@ -260,39 +555,36 @@ def _default_experiment_name(model_name: str, dataset: str, context: DistContext
     return name[0]
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    for flag in ("batch_size", "nb_epochs", "image_size", "base_channels"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    if args.image_size % 16:
-        raise UsageError(f"--image_size must be divisible by 16, got {args.image_size}")
-    if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-        raise UsageError(f"--stop_after_epochs must be at least 1, got {args.stop_after_epochs}")
-
-
-def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
-              model_name: str) -> Run:
-    """Parse the command line and set the run up; nothing is written yet.
+def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Run:
+    """Parse the command line (after its ``--config`` file) and set the run up; nothing is
+    written yet.
 
     Args:
-        parser: from :func:`training_parser`, with the script's flags added.
+        parser: from :func:`build_parser`.
         argv: arguments (``None``: ``sys.argv[1:]``).
-        model_name: the model the script trains (a checkpoint of another is refused).
 
     Raises:
         DataError: ``--resume`` names nothing loadable, or a checkpoint of another model.
-        UsageError: contradictory flags, or a fresh run aimed at a folder that holds a run.
+        UsageError: a bad ``--config`` file, resuming a run of another kind (plain vs
+            distillation), or a fresh run aimed at a folder that holds a run.
     """
+    argv = _with_config(parser, argv)
     args = parser.parse_args(argv)
     checkpoint, checkpoint_path = None, None
     if args.resume:
         checkpoint_path = resolve_checkpoint_path(args.resume, args.checkpoint_dir)
         checkpoint = load_checkpoint(checkpoint_path)
-        check_model_name(checkpoint, model_name, checkpoint_path)
+        saved_kind = kind_of_checkpoint(checkpoint)
+        if saved_kind != args.kind:
+            raise UsageError(f"{checkpoint_path}: a {KIND_SCRIPTS[saved_kind]} run; resume it "
+                             f"with that script, not {KIND_SCRIPTS[args.kind]}")
         args = _resume_args(parser, argv, args, checkpoint, checkpoint_path)
-    _check_args(args)
+        check_model_name(checkpoint, model_name_of(args), checkpoint_path)
+    _check_model_flags(parser, args)
     context = init_distributed(args.device)
     device = resolve_device(args.device, context.local_rank)
+    configure_threads(args.threads, args.device)
+    model_name = model_name_of(args)
     if args.experiment_name is None:
         args.experiment_name = _default_experiment_name(model_name, args.dataset, context)
     run_dir = Path(args.checkpoint_dir) / args.experiment_name
@@ -303,5 +595,6 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
                          "or pass --overwrite or another --experiment_name")
     context.barrier()  # every rank checked the folder before rank 0 may write into it
     seed_everything(args.seed, args.deterministic)
-    return Run(args=args, model_name=model_name, context=context, device=device, run_dir=run_dir,
-               checkpoint=checkpoint, checkpoint_path=checkpoint_path)
+    return Run(args=args, kind=args.kind, model_name=model_name, flag_groups=flag_groups(parser),
+               context=context, device=device, run_dir=run_dir, checkpoint=checkpoint,
+               checkpoint_path=checkpoint_path)
