@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from training.metrics import METRIC_NAMES, DepthMetrics, image_metrics
+from training.metrics import (BV2_MIN_05, METRIC_NAMES, OFFICIAL, PROTOCOLS, DepthMetrics,
+                              MultiProtocolMetrics, format_protocol_table, image_metrics,
+                              resolve_protocol)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,3 +92,92 @@ def test_sums_split_over_shards_equal_the_whole() -> None:
     shard0.totals += shard1.totals
     assert torch.allclose(shard0.totals, whole.totals, rtol=0, atol=1e-12)
     assert shard0.compute()["n_skipped"] == 1
+
+
+# One 2x2 image whose valid pixels depend on the protocol. gt/pred:
+#   0.3/0.6  (valid only for "official": below 0.5 m)
+#   0.5/0.5  (exactly 0.5 m: valid for "bv2_min0.5", which is gt >= 0.5, not for gt > 0.5)
+#   2.0/1.0
+#   0.0/5.0  (a hole: valid for none)
+PROTOCOL_GT = torch.tensor([[[[0.3, 0.5], [2.0, 0.0]]]])
+PROTOCOL_PRED = torch.tensor([[[[0.6, 0.5], [1.0, 5.0]]]])
+LOG2 = math.log10(2)
+EXPECTED = {
+    # errors -0.3, 0, 1; ratios 2, 1, 2 (2 > 1.25^3 = 1.95, so every delta is 1/3)
+    OFFICIAL: {"abs_rel": (1 + 0 + 0.5) / 3, "rmse": math.sqrt((0.09 + 0 + 1) / 3),
+               "log10": 2 * LOG2 / 3, "mae": 1.3 / 3,
+               "delta1": 1 / 3, "delta2": 1 / 3, "delta3": 1 / 3},
+    # errors 0, 1; ratios 1, 2
+    BV2_MIN_05: {"abs_rel": 0.25, "rmse": math.sqrt(0.5), "log10": LOG2 / 2, "mae": 0.5,
+                 "delta1": 0.5, "delta2": 0.5, "delta3": 0.5},
+    # gt > 0.5 (exclusive): only 2.0/1.0 remains
+    "gt>0.5": {"abs_rel": 0.5, "rmse": 1.0, "log10": LOG2, "mae": 1.0,
+               "delta1": 0.0, "delta2": 0.0, "delta3": 0.0},
+}
+N_VALID = {OFFICIAL: 3, BV2_MIN_05: 2, "gt>0.5": 1}
+
+
+@pytest.mark.parametrize("spec, name", [(OFFICIAL, OFFICIAL), (BV2_MIN_05, BV2_MIN_05),
+                                        (0.5, "gt>0.5")])
+def test_protocols_on_hand_computed_values(spec: object, name: str) -> None:
+    metrics = DepthMetrics.for_protocol(spec)
+    scores, n_valid = metrics.update(PROTOCOL_PRED, PROTOCOL_GT)
+    assert n_valid.tolist() == [N_VALID[name]]
+    result = metrics.compute()
+    for metric in METRIC_NAMES:
+        assert result[metric] == pytest.approx(EXPECTED[name][metric], abs=1e-7), metric
+    assert metrics.protocol()["name"] == name
+
+
+def test_protocol_descriptions_say_which_pixels_count() -> None:
+    assert DepthMetrics().protocol()["valid_pixels"] == "gt > 0.0 m"
+    bv2 = DepthMetrics.for_protocol(BV2_MIN_05).protocol()
+    assert (bv2["valid_pixels"], bv2["valid_threshold"], bv2["valid_inclusive"]) == \
+        ("gt >= 0.5 m", 0.5, True)
+    # A threshold given as a number is named after its rule, or after the protocol it matches.
+    assert DepthMetrics(0.1).protocol()["name"] == "gt>0.1"
+    assert DepthMetrics(0.5, inclusive=True).protocol()["name"] == BV2_MIN_05
+    assert resolve_protocol(0.0) is PROTOCOLS[OFFICIAL]
+
+
+def test_unknown_protocol_name_raises() -> None:
+    with pytest.raises(ValueError, match="unknown metric protocol 'bv2'"):
+        DepthMetrics.for_protocol("bv2")
+
+
+def test_multi_protocol_one_pass_matches_each_protocol_alone() -> None:
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(4, 1, 8, 8, generator=generator) * 3
+    gt[gt < 0.2] = 0
+    pred = torch.rand(4, 1, 8, 8, generator=generator) * 3
+    both = MultiProtocolMetrics((BV2_MIN_05, OFFICIAL))
+    scores, n_valid = both.update(pred, gt)
+    alone = {name: DepthMetrics.for_protocol(name) for name in (OFFICIAL, BV2_MIN_05)}
+    for metrics in alone.values():
+        metrics.update(pred, gt)
+    results = both.compute_all()
+    assert list(results) == [BV2_MIN_05, OFFICIAL]  # primary first
+    assert results == {name: metrics.compute() for name, metrics in alone.items()}
+    # As a DepthMetrics it is the primary protocol's, per-image scores included.
+    assert both.compute() == results[BV2_MIN_05]
+    assert both.protocol()["name"] == BV2_MIN_05
+    assert list(both.protocols()) == [BV2_MIN_05, OFFICIAL]
+    assert torch.equal(n_valid, image_metrics(pred, gt, 0.5, inclusive=True)[1])
+    assert results[OFFICIAL]["rmse"] != results[BV2_MIN_05]["rmse"]
+
+
+def test_multi_protocol_names_must_differ() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        MultiProtocolMetrics((OFFICIAL, 0.0))
+
+
+def test_protocol_table_has_a_column_per_protocol() -> None:
+    metrics = MultiProtocolMetrics()
+    metrics.update(PROTOCOL_PRED, PROTOCOL_GT)
+    metrics.update(torch.ones(1, 1, 2, 2), torch.full((1, 1, 2, 2), 0.3))  # valid for official only
+    lines = format_protocol_table(metrics.compute_all()).splitlines()
+    assert lines[0].split() == ["metric", OFFICIAL, BV2_MIN_05]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    # official: mean of the example image (0.5) and the 0.3 m image (|0.3 - 1| / 0.3)
+    assert rows["abs_rel"] == [f"{(0.5 + 0.7 / 0.3) / 2:.4f}", "0.2500"]
+    assert rows["n_images"] == ["2", "1"] and rows["n_skipped"] == ["0", "1"]

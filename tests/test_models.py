@@ -88,7 +88,8 @@ def test_every_parameter_learns(name: str, base: int) -> None:
 @pytest.mark.parametrize("attention_levels", [(2, 3, 4, 5), (1, 2, 3, 4, 5), ()])
 @pytest.mark.parametrize("base", BASES)
 @pytest.mark.parametrize("size", [(32, 48), (64, 64)])
-def test_student_features_have_teacher_shapes(base: int, attention_levels: tuple, size: tuple) -> None:
+def test_student_features_have_teacher_shapes(base: int, attention_levels: tuple,
+                                              size: tuple) -> None:
     _, teacher_features = make_model("rgb_depth", base)(
         make_input("rgb_depth", *size, batch=1), return_features=True)
     _, student_features = make_model("binaural_attention", base, attention_levels=attention_levels)(
@@ -172,7 +173,8 @@ def test_official_unet_has_the_official_parameter_count(ngf: int, num_downs: int
 
 
 def test_teacher_parameter_count_at_base_64() -> None:
-    assert count_parameters_on_meta("rgb_depth", base_channels=64) == pytest.approx(17.26e6, rel=0.01)
+    count = count_parameters_on_meta("rgb_depth", base_channels=64)
+    assert count == pytest.approx(17.26e6, rel=0.01)
 
 
 def test_student_parameters_within_about_twice_the_teacher() -> None:

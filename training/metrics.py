@@ -1,14 +1,22 @@
 """The official BatVision depth metrics, accumulated so that DDP ranks can be reduced exactly.
 
-Protocol (``/work/shared/docs/batvision-format.md``, the numbers papers report): for each image,
-on its pixels with ground truth ``gt > valid_threshold`` (default 0), in metres, with no median
-scaling::
+The metrics are those of the official BatVision evaluation (UNetSoundOnly), the numbers papers
+report: for each image, on its valid pixels, in metres, with no median scaling::
 
     abs_rel = mean(|gt - pred| / gt)           rmse  = sqrt(mean((gt - pred)^2))
     log10   = mean(|log10 gt - log10 pred|)     mae   = mean(|gt - pred|)
     deltaK  = mean(max(gt / pred, pred / gt) < 1.25^K),  K = 1, 2, 3
 
-then each metric is averaged over images. Two choices that earlier code got wrong:
+then each metric is averaged over images.
+
+Which pixels are valid is the *protocol* (:class:`Protocol`), and published tables differ on it,
+so a table must say which one it used. Two are named in :data:`PROTOCOLS`:
+
+* ``"official"``: ``gt > 0`` (the official code; 0 marks a missing depth);
+* ``"bv2_min0.5"``: ``gt >= 0.5`` m, the mask recent BatVision V2 papers use.
+
+:class:`MultiProtocolMetrics` scores the same predictions under several protocols in one pass.
+Two choices that earlier code got wrong:
 
 * No pixel is dropped because of its *prediction*. A prediction at or below zero would make
   ``log10`` and the ratios undefined, so inside those two terms only the prediction is clamped
@@ -22,7 +30,8 @@ so summing that tensor over DDP ranks gives exactly the single-process result.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -32,20 +41,86 @@ DEFAULT_VALID_THRESHOLD = 0.0  # metres: a pixel counts when gt > this
 MIN_PREDICTION = 1e-3  # metres: floor of the prediction inside log10 and the delta ratios only
 
 
+@dataclass(frozen=True)
+class Protocol:
+    """Which ground-truth pixels are scored.
+
+    Args:
+        name: how tables and ``metrics.json`` refer to it.
+        valid_threshold: metres.
+        inclusive: valid pixels are ``gt >= valid_threshold`` if True, ``gt > valid_threshold``
+            if False.
+    """
+
+    name: str
+    valid_threshold: float
+    inclusive: bool = False
+
+    def describe(self) -> str:
+        """The valid-pixel rule, e.g. ``"gt >= 0.5 m"``."""
+        return f"gt {'>=' if self.inclusive else '>'} {self.valid_threshold} m"
+
+
+OFFICIAL = "official"
+BV2_MIN_05 = "bv2_min0.5"
+PROTOCOLS: Dict[str, Protocol] = {
+    OFFICIAL: Protocol(OFFICIAL, DEFAULT_VALID_THRESHOLD),
+    BV2_MIN_05: Protocol(BV2_MIN_05, 0.5, inclusive=True),
+}
+ProtocolSpec = Union[str, float, Protocol]
+
+
+def protocol_for(valid_threshold: float, inclusive: bool = False) -> Protocol:
+    """The protocol with this valid-pixel rule: the one of :data:`PROTOCOLS` that has it, else
+    one named after the rule (``"gt>0.1"``, ``"gt>=0.3"``).
+
+    Args:
+        valid_threshold: metres.
+        inclusive: ``gt >= valid_threshold`` rather than ``gt > valid_threshold``.
+    """
+    threshold, inclusive = float(valid_threshold), bool(inclusive)
+    for protocol in PROTOCOLS.values():
+        if (protocol.valid_threshold, protocol.inclusive) == (threshold, inclusive):
+            return protocol
+    return Protocol(f"gt{'>=' if inclusive else '>'}{threshold:g}", threshold, inclusive)
+
+
+def resolve_protocol(spec: ProtocolSpec) -> Protocol:
+    """A :class:`Protocol` from a name of :data:`PROTOCOLS`, a threshold, or a protocol.
+
+    Args:
+        spec: ``"official"`` / ``"bv2_min0.5"``; a threshold in metres, valid when ``gt > spec``
+            (see :func:`protocol_for`; 0 is ``"official"``); or a :class:`Protocol` (as is).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if isinstance(spec, Protocol):
+        return spec
+    if isinstance(spec, str):
+        if spec not in PROTOCOLS:
+            raise ValueError(
+                f"unknown metric protocol {spec!r}; choose from {', '.join(PROTOCOLS)}")
+        return PROTOCOLS[spec]
+    return protocol_for(spec)
+
+
 def image_metrics(
     pred: torch.Tensor,
     gt: torch.Tensor,
     valid_threshold: float = DEFAULT_VALID_THRESHOLD,
     min_prediction: float = MIN_PREDICTION,
+    inclusive: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Score each image of a batch.
 
     Args:
         pred: (B, 1, H, W) or (B, H, W) predicted depth in metres.
-        gt: ground-truth depth in metres, same shape; pixels with ``gt <= valid_threshold`` are
-            ignored.
+        gt: ground-truth depth in metres, same shape; only pixels with ``gt > valid_threshold``
+            (``gt >= valid_threshold`` if ``inclusive``) are scored.
         valid_threshold: metres.
         min_prediction: metres; floor of the prediction inside ``log10`` and the delta ratios.
+        inclusive: whether a pixel exactly at ``valid_threshold`` is scored.
 
     Returns:
         ``(scores, n_valid)``: float64 (B, 7) per-image metrics in :data:`METRIC_NAMES` order
@@ -56,7 +131,7 @@ def image_metrics(
                          "differ in shape")
     pred = pred.detach().flatten(1).double()
     gt = gt.detach().flatten(1).double()
-    mask = gt > valid_threshold
+    mask = gt >= valid_threshold if inclusive else gt > valid_threshold
     n_valid = mask.sum(dim=1)
     # Invalid pixels get a harmless stand-in (1 m) so no inf/NaN is formed; the mask drops them.
     gt_safe = torch.where(mask, gt, torch.ones_like(gt))
@@ -85,6 +160,7 @@ class DepthMetrics:
         valid_threshold: metres; pixels with ``gt > valid_threshold`` are scored.
         min_prediction: metres; see :func:`image_metrics`.
         device: where the sums live (the device of the predictions, so updates need no copy).
+        inclusive: score ``gt >= valid_threshold`` instead (see :class:`Protocol`).
     """
 
     def __init__(
@@ -92,15 +168,26 @@ class DepthMetrics:
         valid_threshold: float = DEFAULT_VALID_THRESHOLD,
         min_prediction: float = MIN_PREDICTION,
         device: "torch.device | str" = "cpu",
+        inclusive: bool = False,
     ) -> None:
-        self.valid_threshold = float(valid_threshold)
+        self.valid = protocol_for(valid_threshold, inclusive)
+        self.valid_threshold, self.inclusive = self.valid.valid_threshold, self.valid.inclusive
         self.min_prediction = float(min_prediction)
         # [sum of each metric over scored images..., n_images, n_skipped]
         self.totals = torch.zeros(len(METRIC_NAMES) + 2, dtype=torch.float64, device=device)
 
+    @classmethod
+    def for_protocol(cls, protocol: ProtocolSpec, min_prediction: float = MIN_PREDICTION,
+                     device: "torch.device | str" = "cpu") -> "DepthMetrics":
+        """Metrics under ``protocol`` (anything :func:`resolve_protocol` takes; the name stored
+        is the one :func:`protocol_for` gives its rule)."""
+        resolved = resolve_protocol(protocol)
+        return cls(resolved.valid_threshold, min_prediction, device, inclusive=resolved.inclusive)
+
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Add a batch; returns :func:`image_metrics`' ``(scores, n_valid)`` (per-image reports)."""
-        scores, n_valid = image_metrics(pred, gt, self.valid_threshold, self.min_prediction)
+        scores, n_valid = image_metrics(pred, gt, self.valid_threshold, self.min_prediction,
+                                        self.inclusive)
         scored = n_valid > 0
         self.totals[: len(METRIC_NAMES)] += scores[scored].sum(dim=0)
         self.totals[-2] += scored.sum()
@@ -128,10 +215,12 @@ class DepthMetrics:
         return result
 
     def protocol(self) -> Dict[str, object]:
-        """How the numbers were computed, to store beside them."""
+        """How the numbers were computed (``name`` first), to store beside them."""
         return {
-            "valid_pixels": f"gt > {self.valid_threshold} m",
+            "name": self.valid.name,
+            "valid_pixels": self.valid.describe(),
             "valid_threshold": self.valid_threshold,
+            "valid_inclusive": self.inclusive,
             "min_prediction": self.min_prediction,
             "min_prediction_used_in": ["log10", "delta1", "delta2", "delta3"],
             "averaging": "per image, then mean over images; images without a valid pixel skipped",
@@ -139,8 +228,89 @@ class DepthMetrics:
         }
 
 
+class MultiProtocolMetrics(DepthMetrics):
+    """Scores the same predictions under several protocols in one pass.
+
+    It *is* the :class:`DepthMetrics` of the first (primary) protocol — ``update`` returns its
+    per-image scores, ``compute`` and ``protocol`` describe it — so it can stand in for one
+    (e.g. in ``training.engine.validate``); :meth:`compute_all` and :meth:`protocols` cover every
+    protocol, keyed by protocol name, primary first.
+
+    Args:
+        protocols: anything :func:`resolve_protocol` takes, primary first; distinct names.
+        min_prediction: metres; see :func:`image_metrics`.
+        device: where the sums live.
+
+    Raises:
+        ValueError: no protocol, an unknown name, or two protocols with the same name.
+    """
+
+    def __init__(
+        self,
+        protocols: Sequence[ProtocolSpec] = tuple(PROTOCOLS),
+        min_prediction: float = MIN_PREDICTION,
+        device: "torch.device | str" = "cpu",
+    ) -> None:
+        resolved = [resolve_protocol(spec) for spec in protocols]
+        if not resolved:
+            raise ValueError("MultiProtocolMetrics needs at least one protocol")
+        names = [protocol_for(p.valid_threshold, p.inclusive).name for p in resolved]
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric protocols must differ, got {names}")
+        primary, *others = resolved
+        super().__init__(primary.valid_threshold, min_prediction, device, primary.inclusive)
+        self.others = [DepthMetrics.for_protocol(p, min_prediction, device) for p in others]
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Add a batch under every protocol; returns the primary's ``(scores, n_valid)``."""
+        for metrics in self.others:
+            metrics.update(pred, gt)
+        return super().update(pred, gt)
+
+    def all_reduce(self) -> None:
+        """Sum every protocol's totals over the DDP ranks (no-op without a process group)."""
+        super().all_reduce()
+        for metrics in self.others:
+            metrics.all_reduce()
+
+    def compute_all(self) -> Dict[str, Dict[str, Optional[float]]]:
+        """Protocol name → :meth:`DepthMetrics.compute` under it (primary first)."""
+        return {self.valid.name: self.compute(),
+                **{metrics.valid.name: metrics.compute() for metrics in self.others}}
+
+    def protocols(self) -> Dict[str, Dict[str, object]]:
+        """Protocol name → :meth:`DepthMetrics.protocol` under it (primary first)."""
+        return {self.valid.name: self.protocol(),
+                **{metrics.valid.name: metrics.protocol() for metrics in self.others}}
+
+
 def format_metrics(metrics: Dict[str, Optional[float]],
                    names: Tuple[str, ...] = METRIC_NAMES) -> str:
     """``rmse=1.2345 abs_rel=...`` (``n/a`` where no image was scored)."""
     return " ".join(f"{name}={'n/a' if metrics[name] is None else format(metrics[name], '.4f')}"
                     for name in names)
+
+
+def format_protocol_table(results: Mapping[str, Mapping[str, Optional[float]]],
+                          names: Tuple[str, ...] = METRIC_NAMES) -> str:
+    """A text table, one row per metric and one column per protocol.
+
+    Args:
+        results: protocol name → metrics, e.g. :meth:`MultiProtocolMetrics.compute_all`.
+        names: metric rows, in order; ``n_images`` and ``n_skipped`` rows follow them.
+
+    Returns:
+        Lines such as ``rmse      0.6550    0.6012`` under a header of protocol names
+        (``n/a`` where no image was scored).
+    """
+    width = max([10, *(len(name) + 2 for name in results)])
+
+    def cell(value: Optional[float], digits: str) -> str:
+        return format("n/a" if value is None else format(value, digits), f">{width}")
+
+    lines = [f"{'metric':<9}" + "".join(format(name, f">{width}") for name in results)]
+    lines += [f"{name:<9}" + "".join(cell(metrics[name], ".4f") for metrics in results.values())
+              for name in names]
+    lines += [f"{name:<9}" + "".join(cell(metrics[name], "d") for metrics in results.values())
+              for name in ("n_images", "n_skipped")]
+    return "\n".join(lines)
