@@ -218,10 +218,14 @@ def test_ensure_reuses_a_matching_world_and_regenerates_a_changed_one(tmp_path, 
     assert hash_tree(data) != first
     assert json.loads((tmp_path / "v2.world.json").read_text())["config"]["seed"] == 7
 
-    # An interrupted generation (no manifest) is not reused.
-    (tmp_path / "v2.world.json").unlink()
+    # An interrupted generation (its manifest has no stats yet) is not reused but replaced.
+    manifest = json.loads((tmp_path / "v2.world.json").read_text())
+    del manifest["stats"]
+    (tmp_path / "v2.world.json").write_text(json.dumps(manifest))
+    (data / "partial.txt").write_text("left by a killed generation")
     assert ensure_synthetic_world(tmp_path, changed, workers=1, progress=False) == data
-    assert (tmp_path / "v2.world.json").is_file()
+    assert "stats" in json.loads((tmp_path / "v2.world.json").read_text())
+    assert not (data / "partial.txt").exists()
 
 
 def test_cli_writes_a_world_and_rejects_a_non_empty_out(tmp_path, monkeypatch, capsys):

@@ -1,10 +1,17 @@
-"""The simulated world read back through the real readers: the two halves of issue 2 agree."""
+"""The simulated world read back through the real readers, and never written into foreign folders."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
 import torch
 
-from datasets import BatvisionV1Dataset, BatvisionV2Dataset
+from datasets import BatvisionV1Dataset, BatvisionV2Dataset, DataError
 from datasets.synthetic.world import WorldConfig, ensure_synthetic_world
+
+TINY = WorldConfig(format="v2", locations=1, samples=3, seed=0, height=8, width=8)
 
 
 def test_synthetic_v2_world_loads_with_real_reader(tmp_path):
@@ -26,3 +33,40 @@ def test_synthetic_v1_world_loads_with_real_reader(tmp_path):
     sample = ds[0]
     assert sample["audio"].shape[0] == 2 and sample["audio"].dtype == torch.float32
     assert sample["depth"].max() <= 12.0 and sample["valid"].any()
+
+
+def _listing(root: Path) -> List[Tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
+
+
+def test_world_is_never_generated_into_someone_elses_folder(tmp_path, write_v2_tree):
+    """A folder of real data (no world manifest) is refused whole, before anything is written."""
+    users = write_v2_tree(tmp_path / "BatvisionV2", counts={"train": 1})
+    before = _listing(users)
+    with pytest.raises(DataError, match="no synthetic world manifest") as error:
+        ensure_synthetic_world(users, TINY, workers=1, progress=False)
+    assert str(error.value).startswith(f"{users}: ") and "\n" not in str(error.value)
+    assert _listing(users) == before
+    # A *.world.json that is not ours does not make the folder ours.
+    (users / "notes.world.json").write_text("{}")
+    with pytest.raises(DataError, match="no synthetic world manifest"):
+        ensure_synthetic_world(users, TINY, workers=1, progress=False)
+
+
+def test_a_tree_without_its_own_manifest_is_never_deleted(tmp_path, write_v2_tree):
+    """A world folder of ours beside a ``v2/`` it did not make: that ``v2/`` stays untouched."""
+    holder = tmp_path / "holder"
+    write_v2_tree(holder / "v2", counts={"train": 1})
+    (holder / "v1.world.json").write_text(json.dumps({"version": 1, "config": {}, "stats": {}}))
+    before = _listing(holder)
+    with pytest.raises(DataError, match="not made by this project") as error:
+        ensure_synthetic_world(holder, TINY, workers=1, progress=False)
+    assert str(error.value).startswith(f"{holder / 'v2'}: ")
+    assert _listing(holder) == before
+
+
+def test_a_file_is_not_a_world_holder(tmp_path):
+    path = tmp_path / "world"
+    path.write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        ensure_synthetic_world(path, TINY, workers=1, progress=False)

@@ -10,9 +10,13 @@ byte-identical for a given config whatever the number of workers.
 
     <root>/<format>/              the tree to hand to the V1/V2 reader (a V2 root holds only
                                   location folders)
-    <root>/<format>.world.json    config and stats, written last: a world without it is incomplete
+    <root>/<format>.world.json    the manifest: version, config and, once complete, stats
 
-``generate_world`` writes the same manifest beside any tree it writes (``<out_dir>.world.json``).
+``generate_world`` writes the same manifest beside any tree it writes (``<out_dir>.world.json``):
+first without ``stats`` (the tree is ours but incomplete), then with them when the tree is done.
+A manifest is the project's mark of ownership: ``ensure_synthetic_world`` writes only into a
+folder that is absent, empty or holds one, and deletes only a tree whose manifest it finds, so it
+never touches a user's own data.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import pyroomacoustics as pra
 from tqdm import tqdm
+
+from datasets.errors import DataError
 
 from .acoustics import EAR_PATTERNS, EchoSimulator
 from .camera import DepthCamera
@@ -130,8 +136,10 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: output folder is not empty")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path(out).unlink(missing_ok=True)  # a stale manifest must not vouch for a partial tree
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Claims the tree before any file of it exists, and (no stats) vouches for nothing yet.
+    _write_manifest(out, {"version": WORLD_VERSION, "config": config.to_dict()})
+    out.mkdir(exist_ok=True)
     plan = [s for loc in range(config.locations) for s in _plan_location(config, loc)]
     writer = V2Writer(out) if config.format == "v2" else V1Writer(out)
     peak, clipped = 0.0, 0
@@ -152,14 +160,17 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
         "locations": [location_name(loc) for loc in range(config.locations)],
         "splits": {split: sum(s.split == split for s in plan) for split in SPLITS},
     }
-    manifest = {"version": WORLD_VERSION, "config": config.to_dict(), "stats": stats}
-    manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(out, {"version": WORLD_VERSION, "config": config.to_dict(), "stats": stats})
     return stats
 
 
 def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig = WorldConfig(),
                            workers: int = 2, progress: bool = True) -> Path:
     """Reuse the world under ``root`` if it was generated with ``config``, else (re)generate it.
+
+    Generates only into a ``root`` that is absent, empty or holds a world manifest of this
+    project (``*.world.json``), and replaces ``<root>/<format>/`` only when its own manifest is
+    there: a folder of someone else's data is never written into or deleted.
 
     Args:
         root: folder that holds worlds (``<root>/<format>/`` and ``<root>/<format>.world.json``).
@@ -168,12 +179,26 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
 
     Returns:
         ``<root>/<format>``: the root to hand to the V1/V2 reader.
+
+    Raises:
+        DataError: ``root`` holds something else than worlds of this project.
     """
-    data = Path(root) / config.format
+    holder = Path(root)
+    data = holder / config.format
     if data.is_dir() and _manifest_matches(manifest_path(data), config):
         return data
-    if data.exists():
-        shutil.rmtree(data)  # stale or incomplete: only ever this world's own folder
+    if holder.exists():
+        if not holder.is_dir():
+            raise DataError(holder, "is a file, not a folder to keep a synthetic world in")
+        if any(holder.iterdir()) and not any(map(_is_world_manifest, holder.glob("*.world.json"))):
+            raise DataError(holder, "is not empty and holds no synthetic world manifest "
+                                    "(*.world.json): refusing to generate a world into it; give "
+                                    "an empty or new folder, or the dataset it holds")
+    if data.exists() or data.is_symlink():
+        if not _is_world_manifest(manifest_path(data)) or not data.is_dir() or data.is_symlink():
+            raise DataError(data, f"was not made by this project (no manifest "
+                                  f"{manifest_path(data).name} beside it): refusing to replace it")
+        shutil.rmtree(data)  # stale or incomplete, and ours: its manifest says so
     generate_world(data, config, workers=workers, progress=progress)
     return data
 
@@ -184,12 +209,36 @@ def manifest_path(out_dir: "str | os.PathLike[str]") -> Path:
     return out.with_name(out.name + ".world.json")
 
 
-def _manifest_matches(path: Path, config: WorldConfig) -> bool:
+def _read_manifest(path: Path) -> Optional[Dict[str, object]]:
+    """The manifest at ``path`` as written by ``generate_world``, or None (absent or foreign)."""
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return manifest.get("version") == WORLD_VERSION and manifest.get("config") == config.to_dict()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or not {"version", "config"} <= manifest.keys():
+        return None
+    return manifest
+
+
+def _is_world_manifest(path: Path) -> bool:
+    """Whether ``path`` is a manifest of this project (complete or not): the mark of a tree it
+    made and may therefore replace."""
+    return _read_manifest(path) is not None
+
+
+def _manifest_matches(path: Path, config: WorldConfig) -> bool:
+    """Whether ``path`` vouches for a complete world of ``config`` (version, config and stats)."""
+    manifest = _read_manifest(path)
+    return (manifest is not None and "stats" in manifest
+            and manifest["version"] == WORLD_VERSION and manifest["config"] == config.to_dict())
+
+
+def _write_manifest(out: Path, manifest: Dict[str, object]) -> None:
+    """Write ``manifest`` beside ``out`` atomically (a kill leaves the old one or the new one)."""
+    path = manifest_path(out)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _rng(config: WorldConfig, location: int, stream: int, *more: int) -> np.random.Generator:
