@@ -15,6 +15,7 @@ import csv
 import hashlib
 import os
 import struct
+import tokenize
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -63,8 +64,15 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(path, "file not found")
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    # numpy re-parses a header that is not a Python literal as a Python 2 header, whose tokenizer
+    # raises TokenError on damage such as an unclosed bracket.
+    except (OSError, ValueError, EOFError, tokenize.TokenError) as exc:
         raise DataError(path, f"corrupt .npy ({exc})") from exc
+
+
+def _is_real_number(dtype: np.dtype) -> bool:
+    """Integer or floating point: bool, complex, strings and objects are not measurements."""
+    return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -77,8 +85,11 @@ def read_wav(path: Path) -> np.ndarray:
         raise DataError(path, "file not found")
     try:
         rate, data = wavfile.read(path)
-    except (OSError, ValueError, EOFError, struct.error) as exc:
-        raise DataError(path, f"corrupt WAV ({exc})") from exc
+    # Beyond its ValueErrors, scipy 1.17 lets damage surface as UnboundLocalError (no `data`
+    # chunk before the end) and ZeroDivisionError (a zero channel count or block alignment).
+    except (OSError, ValueError, EOFError, struct.error, UnboundLocalError,
+            ZeroDivisionError) as exc:
+        raise DataError(path, f"corrupt WAV ({type(exc).__name__}: {exc})") from exc
     # scipy returns the frames of a truncated file with only a warning: compare the RIFF size.
     with open(path, "rb") as f:
         riff_size = struct.unpack("<4sI", f.read(8))[1] + 8
@@ -96,20 +107,35 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 def read_ear_pair(left: Path, right: Path) -> np.ndarray:
-    """Read a V1 recording: one 1-D ``.npy`` per ear, equal lengths.
+    """Read a V1 recording: one 1-D real ``.npy`` per ear, equal lengths, finite samples of
+    magnitude at most 2**31 (stored scale unknown: [-1, 1] floats or raw PCM counts both pass).
 
     Returns:
         (2, T) float32 waveform, left ear first.
+
+    Raises:
+        DataError: naming the bad ear; for unequal lengths, the shorter one (more likely cut).
     """
     ears = []
     for path in (left, right):
         ear = _load_npy(path)
-        if ear.ndim != 1 or not np.issubdtype(ear.dtype, np.number):
-            raise DataError(path, f"expected a 1-D numeric array, got {ear.dtype} {ear.shape}")
-        ears.append(ear.astype(np.float32))
+        if ear.ndim != 1 or not _is_real_number(ear.dtype):
+            raise DataError(path, f"expected a 1-D real numeric array, got {ear.dtype} "
+                                  f"{ear.shape}")
+        ear = ear.astype(np.float32)
+        bad = np.count_nonzero(~np.isfinite(ear))
+        if bad:
+            raise DataError(path, f"{bad} of {len(ear)} samples are NaN or infinite")
+        peak = float(np.abs(ear).max(initial=0.0))
+        if peak > INT32_FULL_SCALE:   # beyond every PCM scale; its spectrogram would overflow
+            raise DataError(path, f"peak |sample| {peak:.3g} exceeds 2**31: not a recording")
+        ears.append(ear)
     if len(ears[0]) != len(ears[1]):
-        raise DataError(right, f"{len(ears[1])} samples, but the left ear {left} has "
-                               f"{len(ears[0])}")
+        (short, n_short), (other, n_other), side = (
+            ((left, len(ears[0])), (right, len(ears[1])), "right")
+            if len(ears[0]) < len(ears[1]) else
+            ((right, len(ears[1])), (left, len(ears[0])), "left"))
+        raise DataError(short, f"{n_short} samples, but the {side} ear {other} has {n_other}")
     return np.stack(ears)
 
 
@@ -133,8 +159,11 @@ def read_depth_mm(path: Path) -> np.ndarray:
         (H, W) array in its stored dtype; interpretation of holes is the recipe's job.
     """
     depth = _load_npy(path)
-    if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
-        raise DataError(path, f"expected a 2-D numeric depth map, got {depth.dtype} {depth.shape}")
+    if depth.ndim != 2 or not _is_real_number(depth.dtype):
+        raise DataError(path, f"expected a 2-D real numeric depth map, got {depth.dtype} "
+                              f"{depth.shape}")
+    if depth.size == 0:
+        raise DataError(path, f"empty depth map of shape {depth.shape}")
     return depth
 
 
@@ -145,7 +174,9 @@ def read_camera(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:   # PIL reports corrupt data as these
+    # PIL reports corrupt data as these; DecompressionBombError is a header claiming a size
+    # far beyond any camera's (it derives from Exception only).
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(path, f"corrupt image ({exc})") from exc
 
 
@@ -192,6 +223,56 @@ def _keep_locations(available: Sequence[str], requested: Optional[Iterable[str]]
     if unknown:
         raise DataError(root, f"no location(s) {unknown}; available: {available}")
     return requested
+
+
+# --------------------------------------------------------------------------------------------
+# Label sanity
+
+# Median valid depth (mm) below which a split's depth looks stored in metres: 50 mm is 5 cm,
+# while rooms seen by a depth camera have medians of metres, and a metre map read as mm has
+# medians of a few units.
+MIN_MEDIAN_DEPTH_MM = 50.0
+
+
+def check_labels(dataset: "_BatvisionDataset", max_files: int = 32) -> None:
+    """Stop on a split whose depth labels cannot be right, from a cheap deterministic sample.
+
+    Reads up to ``max_files`` raw depth maps evenly spaced over the split. Valid pixels are
+    finite and > 0 (what the recipes keep). The split is refused when none of them has a valid
+    pixel (a run would train on loss 0 and score nothing), or when the median of their per-map
+    median valid depth is below ``MIN_MEDIAN_DEPTH_MM`` (metres stored where millimetres are
+    expected: every depth would be divided by 1000 again).
+
+    Args:
+        dataset: a V1 or V2 reader.
+        max_files: depth maps to read at most.
+
+    Raises:
+        DataError: naming the dataset root, the split and the evidence; or an unreadable map.
+    """
+    n = len(dataset.records)
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_files)).round().astype(int))
+    medians: List[float] = []
+    example: Optional[Path] = None
+    for i in picks:
+        path = dataset.records[i].depth_path
+        depth = read_depth_mm(path)
+        valid = depth[np.isfinite(depth) & (depth > 0)]
+        if valid.size:
+            medians.append(float(np.median(valid)))
+            example = example or path
+    where = f"split {dataset.split!r}"
+    if not medians:
+        raise DataError(dataset.root, f"{where}: no valid depth pixel (all 0, negative or NaN) in "
+                                      f"the {len(picks)} depth maps checked of {n}, e.g. "
+                                      f"{dataset.records[picks[0]].depth_path}: nothing to train "
+                                      "on or score")
+    median = float(np.median(medians))
+    if median < MIN_MEDIAN_DEPTH_MM:
+        raise DataError(dataset.root, f"{where}: median valid depth is {median:.3g} mm in the "
+                                      f"{len(medians)} depth maps checked (e.g. {example}), below "
+                                      f"{MIN_MEDIAN_DEPTH_MM:g} mm: depth looks stored in metres, "
+                                      "the readers expect millimetres")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,18 @@
 """Datasets and loaders built from the command line, the synthetic default, and mirror augmentation.
 
-``--dataset synthetic`` (the default) trains on the simulated world of
-:mod:`datasets.synthetic.world`, written in the BatVision V2 format and read by the same V2
-reader as the real data. Its ``--data_root`` defaults to ``.cache/synthetic/<world>/`` in the
-repository, generated on first use and reused afterwards.
+``--dataset auto`` picks the dataset from ``--data_root`` (:func:`detect_dataset`: a V1 root, a
+V2 root or a synthetic world) and, without ``--data_root``, the synthetic default; the name it
+picks replaces ``auto`` in the arguments, so ``config.json`` records it. Nothing is ever generated
+into a folder that holds anything else than worlds of this project.
+
+``--dataset synthetic`` trains on the simulated world of :mod:`datasets.synthetic.world`, written
+in the BatVision V2 format and read by the same V2 reader as the real data. Its ``--data_root``
+defaults to ``.cache/synthetic/<world>/`` in the repository, generated on first use and reused
+afterwards.
+
+Before training, :func:`build_data` checks a sample of each split's depth labels
+(:func:`datasets.batvision.check_labels`): all holes, or metres stored as millimetres, stop the
+run with one line.
 
 Sampling is a pure function of ``(seed, epoch)``: the training sampler is a
 ``DistributedSampler`` in every case (a world of one when not under torchrun), whose permutation
@@ -15,24 +24,29 @@ rank by rank without padding, so every image is scored exactly once.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Dict, Iterator, Sized
+from typing import Any, Dict, Iterator, List, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
+from datasets.batvision import check_labels
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first
 from training.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_CACHE = REPO_ROOT / ".cache" / "synthetic"
+# The concrete datasets; "auto" (a flag value, not a dataset) resolves to one of them
+# (resolve_dataset) before any data is read.
 DATASETS = ("batvisionv1", "batvisionv2", "synthetic")
+SPLITS = ("train", "val", "test")
 READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
            "synthetic": BatvisionV2Dataset}
 # Which key of the sample dict each model reads.
@@ -48,17 +62,74 @@ def synthetic_world_config(args: argparse.Namespace) -> Any:
                        height=args.synthetic_size, width=args.synthetic_size)
 
 
+def _csv_header(path: Path) -> List[str]:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+        return next(csv.reader(f), [])
+
+
+def detect_dataset(root: Path) -> str:
+    """Which dataset the folder ``root`` holds, from its layout (one CSV header is read).
+
+    Returns:
+        ``synthetic`` for a folder holding a world (``v2/`` and ``v2.world.json``, as
+        :func:`datasets.synthetic.world.ensure_synthetic_world` keeps it), ``batvisionv1`` for a
+        root with ``train.csv``, ``val.csv``, ``test.csv`` in the V1 columns, ``batvisionv2`` for
+        a root of location folders holding a ``train.csv`` in the V2 columns.
+
+    Raises:
+        UsageError: ``root`` is missing or holds none of these (the message says what was looked
+            for), or is a single V2 location folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"--data_root {root}: no such folder")
+    if (root / "v2").is_dir() and (root / "v2.world.json").is_file():
+        return "synthetic"
+    if all((root / f"{split}.csv").is_file() for split in SPLITS):
+        header = set(_csv_header(root / "train.csv"))
+        if set(BatvisionV1Dataset.AUDIO_COLUMNS) <= header:
+            return "batvisionv1"
+        if set(BatvisionV2Dataset.AUDIO_COLUMNS) <= header:
+            raise UsageError(f"--data_root {root} is a single BatVision V2 location folder: pass "
+                             f"its parent folder, with --locations {root.name} to keep only it")
+    v2_columns = set(BatvisionV2Dataset.AUDIO_COLUMNS)
+    if any(entry.is_dir() and not entry.name.startswith(".") and (entry / "train.csv").is_file()
+           and v2_columns <= set(_csv_header(entry / "train.csv")) for entry in root.iterdir()):
+        return "batvisionv2"
+    raise UsageError(f"--data_root {root}: no dataset recognised; looked for a BatVision V1 root "
+                     "(train.csv, val.csv, test.csv with V1 columns), a V2 root (location folders "
+                     "with a V2 train.csv) or a synthetic world (v2/ and v2.world.json); pass "
+                     "--dataset (--dataset synthetic generates a world into an empty folder)")
+
+
+def resolve_dataset(args: argparse.Namespace) -> str:
+    """Replace ``args.dataset == "auto"`` by the dataset it stands for, and return the name.
+
+    ``auto`` is ``synthetic`` without ``--data_root`` (the default world), else
+    :func:`detect_dataset` of ``--data_root``. Other names are returned as they are.
+
+    Raises:
+        UsageError: as :func:`detect_dataset`.
+    """
+    if args.dataset == "auto":
+        args.dataset = ("synthetic" if args.data_root is None
+                        else detect_dataset(Path(args.data_root)))
+    return args.dataset
+
+
 def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
     """The folder to hand to the reader; for ``synthetic``, the world, generated when absent.
 
-    For ``synthetic``, ``--data_root`` is the folder that holds the world (default
-    ``.cache/synthetic/<world>/``, which this function writes into ``args.data_root`` so the run
-    records it) and the reader root is the world's ``v2/`` folder inside it.
+    Resolves ``--dataset auto`` first (:func:`resolve_dataset`). For ``synthetic``,
+    ``--data_root`` is the folder that holds the world (default ``.cache/synthetic/<world>/``,
+    which this function writes into ``args.data_root`` so the run records it) and the reader root
+    is the world's ``v2/`` folder inside it.
 
     Raises:
-        UsageError: ``--data_root`` missing for a real dataset.
+        UsageError: ``--data_root`` missing for a real dataset, or not recognised for ``auto``.
+        DataError: a synthetic world asked for in a folder that holds other things.
     """
-    if args.dataset != "synthetic":
+    if resolve_dataset(args) != "synthetic":
         if args.data_root is None:
             raise UsageError(f"--data_root is required for --dataset {args.dataset}")
         return Path(args.data_root)
@@ -114,7 +185,7 @@ class Data:
         val_dataset: the whole validation split (rank 0 draws the pictures from its first items).
         max_depth: metres, the depth range of the data (the model's output range).
         data_fingerprint: sha256 hex of the train and val splits' fingerprints
-            (:func:`combine_fingerprints`); equal to :func:`data_fingerprint` of the same flags.
+            (:func:`combine_fingerprints`); :func:`resolve_data` gives the same without loaders.
     """
 
     train_loader: DataLoader
@@ -145,11 +216,31 @@ def split_fingerprint(args: argparse.Namespace, root: Path, split: str) -> str:
     return build_dataset(reader_args, root, split, use_rgb=False).data_fingerprint
 
 
-def data_fingerprint(args: argparse.Namespace, root: Path) -> str:
-    """The ``Data.data_fingerprint`` that :func:`build_data` would give for ``args``, computed
-    from the CSVs and file stats alone (no loader, no cache, no sample read)."""
-    return combine_fingerprints(split_fingerprint(args, root, "train"),
-                                split_fingerprint(args, root, "val"))
+def resolve_data(args: argparse.Namespace, context: DistContext) -> tuple[Path, str]:
+    """Resolve the data flags of ``args`` in place as :func:`build_data` does (``dataset``,
+    ``data_root``, ``max_depth``) and return the reader root and the ``Data.data_fingerprint``
+    a run would record, from the CSVs and file stats alone (no loader, no cache, no sample read):
+    what a run's identity needs before the run is trained.
+
+    Raises:
+        DataError: the split CSVs cannot be read.
+        UsageError: as :func:`resolve_data_root`.
+    """
+    root = _resolve_root_and_depth(args, context)
+    train_set = build_dataset(argparse.Namespace(**{**vars(args), "cache_dir": None}), root,
+                              "train", use_rgb=False)
+    args.max_depth = float(train_set.max_depth)
+    return root, combine_fingerprints(train_set.data_fingerprint,
+                                      split_fingerprint(args, root, "val"))
+
+
+def _resolve_root_and_depth(args: argparse.Namespace, context: DistContext) -> Path:
+    """:func:`resolve_data_root`, then the synthetic world's own depth range as the default
+    ``max_depth`` (farther is a hole anyway); real datasets get their reader's default."""
+    root = resolve_data_root(args, context)
+    if args.max_depth is None and args.dataset == "synthetic":
+        args.max_depth = synthetic_world_config(args).camera_range_m
+    return root
 
 
 def train_sampler(dataset: Dataset, context: DistContext, seed: int) -> DistributedSampler:
@@ -167,21 +258,22 @@ def per_rank_batch_size(batch_size: int, context: DistContext) -> int:
 
 
 def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) -> Data:
-    """Training and validation loaders for a training script; fills in ``args.max_depth`` (and,
-    for the synthetic default, ``args.data_root``) so ``config.json`` records the values used.
+    """Training and validation loaders for a training script; fills in ``args.dataset`` (for
+    ``auto``), ``args.max_depth`` and, for the synthetic default, ``args.data_root``, so
+    ``config.json`` records the values used.
 
     Args:
         args: parsed arguments (data flags, ``batch_size``, ``num_workers``, ``seed``).
         context: this process's place in the torchrun world.
         use_rgb: load camera images (the RGB model).
     """
-    root = resolve_data_root(args, context)
-    if args.max_depth is None and args.dataset == "synthetic":
-        args.max_depth = synthetic_world_config(args).camera_range_m  # farther is a hole anyway
+    root = _resolve_root_and_depth(args, context)
     batch = per_rank_batch_size(args.batch_size, context)
     with main_process_first(context):  # rank 0 builds any preprocessing cache first
         train_set = build_dataset(args, root, "train", use_rgb)
         val_set = build_dataset(args, root, "val", use_rgb)
+    check_labels(train_set)
+    check_labels(val_set)
     args.max_depth = float(train_set.max_depth)
     if len(val_set) < context.world_size:
         raise UsageError(f"the val split has {len(val_set)} samples, fewer than the "
