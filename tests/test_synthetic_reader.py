@@ -1,4 +1,4 @@
-"""The simulated world read back through the real readers, and never written into foreign folders."""
+"""The simulated world read back through the real readers; never generated into foreign folders."""
 from __future__ import annotations
 
 import json

@@ -38,19 +38,28 @@ def test_ranks_split_each_global_batch_of_one_process() -> None:
     assert orders[0] != orders[1] and sorted(orders[0]) == data  # reshuffled each epoch
 
 
-def _write_repeated_tree(root: Path) -> Path:
-    """A V2 tree whose samples are all the same recording (see the torchrun test's docstring)."""
+def _write_tree(root: Path) -> Path:
+    """A V2 tree whose samples share one camera image but differ in depth and audio.
+
+    BatchNorm normalises with the statistics of each process's half batch (SyncBatchNorm is
+    CUDA-only); with one shared input image those equal the full batch's, whatever the split. The
+    depth labels are all different, so the loss and its gradient depend on exactly which samples
+    each rank reads: a wrong shard split (a rank reading another's indices, or all of them)
+    changes the global batch and the weights.
+    """
     rng = np.random.default_rng(0)
-    depth = rng.uniform(500, 20_000, (32, 32))
-    depth[rng.random((32, 32)) < 0.2] = 0
-    recording = Recording(audio=np.clip(rng.normal(0, 0.1, (2, 20_000)), -1, 1), depth_mm=depth,
-                          rgb=rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), time=1.7e9)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    holes = rng.random((32, 32)) < 0.2
     writer = V2Writer(root)
     index = 0
     for location in ("Loc_A", "Loc_B"):
         for split, count in (("train", 4), ("val", 2), ("test", 1)):
             for _ in range(count):
-                writer.add(location, split, index, recording)
+                depth = rng.uniform(500, 20_000, (32, 32))
+                depth[holes] = 0
+                writer.add(location, split, index, Recording(
+                    audio=np.clip(rng.normal(0, 0.1, (2, 20_000)), -1, 1), depth_mm=depth,
+                    rgb=rgb, time=1.7e9 + index))
                 index += 1
     writer.close()
     return root
@@ -60,13 +69,11 @@ def _write_repeated_tree(root: Path) -> Path:
 def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
     """One epoch under ``torchrun --nproc_per_node 2`` vs one process, same global batch of 4.
 
-    Every sample is the same recording: BatchNorm normalises with the statistics of each
-    process's half batch (SyncBatchNorm is CUDA-only), which on varied data differ from the full
-    batch's; with identical samples they are equal, so whatever differs is the engine's doing
-    (gradient averaging, the split of the data, the reduction of losses and metrics). SGD is
-    used because its step is proportional to the gradient (Adam's would hide a wrong scale).
+    The samples differ in depth (see :func:`_write_tree`), so the check covers the split of the
+    data as well as gradient averaging and the reduction of losses and metrics. SGD is used
+    because its step is proportional to the gradient (Adam's would hide a wrong scale).
     """
-    root = _write_repeated_tree(tmp_path / "bv2")
+    root = _write_tree(tmp_path / "bv2")
     argv = ["--dataset", "batvisionv2", "--data_root", str(root), "--image_size", "32",
             "--base_channels", "4", "--batch_size", "4", "--nb_epochs", "1", "--num_workers", "0",
             "--optimizer", "sgd", "--learning_rate", "0.1", "--num_val_images", "0",
