@@ -8,6 +8,7 @@ they match, plus both parameter counts.
 Exit status: 0 when every level (x1..x5, d1..d4) matches; 1 otherwise, with a one-line reason.
 
     python verify_feature_compatibility.py --base_channels 64 --image_size 256 --attention_levels 2,3,4,5
+    python verify_feature_compatibility.py --base_channels 8 --image_size 128 --decoder query
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from models import FEATURE_KEYS, create_binaural_attention_model, create_rgb_depth_model
+from models.binaural_attention_model import DECODERS, INPUT_FEATURES
 
 
 def parse_levels(text: str) -> Tuple[int, ...]:
@@ -41,6 +43,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="square input side in pixels (RGB image / spectrogram), divisible by 16")
     parser.add_argument("--attention_levels", type=parse_levels, default="2,3,4,5",
                         help="comma-separated student levels with ear-to-ear attention, e.g. 2,3,4,5")
+    parser.add_argument("--decoder", choices=DECODERS, default="unet",
+                        help="student decoder: the teacher's U-Net decoder or image-grid queries")
+    parser.add_argument("--input_features", choices=INPUT_FEATURES, default="magnitude",
+                        help="student encoder inputs: each ear, or each ear and the level difference")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     if args.image_size <= 0 or args.image_size % 16:
@@ -103,12 +109,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     with torch.device("meta"):
         teacher = create_rgb_depth_model(base_channels=args.base_channels)
-        student = create_binaural_attention_model(base_channels=args.base_channels,
-                                                  attention_levels=args.attention_levels)
+        student = create_binaural_attention_model(
+            base_channels=args.base_channels, attention_levels=args.attention_levels,
+            decoder=args.decoder, input_features=args.input_features)
     report = compare_features(teacher, student, args.image_size)
     if args.json:
         print(json.dumps({"base_channels": args.base_channels, "image_size": args.image_size,
-                          "attention_levels": list(args.attention_levels), **report}))
+                          "attention_levels": list(args.attention_levels), "decoder": args.decoder,
+                          "input_features": args.input_features, **report}))
     else:
         print(format_report(report))
     if not report["match"]:

@@ -26,7 +26,9 @@ Position
     not values, so the content carried across is unchanged.
 
 Both patterns run through :func:`torch.nn.functional.scaled_dot_product_attention`, multi-head,
-which never materialises the score matrix on the fused CPU/GPU kernels. ``mode="naive"`` is the
+which never materialises the score matrix on the fused CPU/GPU kernels. So does
+:class:`CrossAttention`, the token-to-memory attention of the student's image-query decoder
+(:mod:`models.query_decoder`). ``mode="naive"`` is the
 plain ``softmax(Q Kᵀ / √d) V`` over all ``F·T`` tokens with explicit matrix products: a reference
 for tests and the cost benchmark only, never for training.
 """
@@ -174,3 +176,71 @@ class EarCrossAttention(nn.Module):
         v = self.to_v(context_tokens).unflatten(-1, heads)
         attended = attend(q, k, v, self.pattern_for(freqs, times)).flatten(-2)
         return query + self.out_proj(attended).permute(0, 3, 1, 2)
+
+
+def head_count(channels: int, num_heads: int, min_head_channels: int = 16) -> int:
+    """The most heads, at most ``num_heads``, that split ``channels`` evenly into heads of at least
+    ``min_head_channels`` channels (1 when ``channels`` is smaller): narrow maps get fewer, wider
+    heads rather than heads of 2 or 4 channels.
+    """
+    heads = max(1, min(num_heads, channels // min_head_channels))
+    while channels % heads:
+        heads -= 1
+    return heads
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of query tokens to memory tokens (no residual, no query norm).
+
+    ``out = W_o · attention(W_q query + query_position, W_k(LN(memory) + memory_position),
+    W_v LN(memory))``. Positions enter queries and keys, not values, as in
+    :class:`EarCrossAttention`. The query is taken as given: pre-norm blocks normalise it.
+
+    Args:
+        query_channels: channels of the query tokens.
+        memory_channels: channels of the memory tokens (and of ``memory_position``).
+        channels: attention width and output channels.
+        num_heads: heads; must divide ``channels``.
+    """
+
+    def __init__(self, query_channels: int, memory_channels: int, channels: int, num_heads: int) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"attention channels ({channels}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.memory_norm = nn.LayerNorm(memory_channels)
+        self.to_q = nn.Linear(query_channels, channels)
+        self.to_k = nn.Linear(memory_channels, channels)
+        self.to_v = nn.Linear(memory_channels, channels)
+        self.out_proj = nn.Linear(channels, channels)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        memory_position: torch.Tensor,
+        query_position: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Attend.
+
+        Args:
+            query: (B, N, query_channels) tokens.
+            memory: (B, M, memory_channels) tokens.
+            memory_position: (M, memory_channels) added to the normalised memory for the keys.
+            query_position: optional (N, channels) added to the projected queries.
+
+        Returns:
+            (B, N, channels).
+        """
+        memory = self.memory_norm(memory)
+        q = self.to_q(query)
+        if query_position is not None:
+            q = q + query_position
+        k = self.to_k(memory + memory_position)
+        v = self.to_v(memory)
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, C) → (B, heads, L, C / heads)
+            return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        return self.out_proj(attended.transpose(1, 2).flatten(-2))

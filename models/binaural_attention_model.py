@@ -1,7 +1,9 @@
 """The binaural student: two ear encoders, ear-to-ear cross-attention, the teacher's decoder.
 
 Input ``(B, 2, F, T)``: channel 0 is the left ear, channel 1 the right ear; dim -2 is frequency,
-dim -1 is time (see :mod:`models.attention`). Data flow, for each level l = 1..5::
+dim -1 is time (see :mod:`models.attention`). With ``input_features="ild"`` each ear's encoder
+also sees the interaural level difference, its own channel minus the other's (below). Data flow,
+for each level l = 1..5::
 
     left_l  = left_stage_l(left_{l-1})          right_l = right_stage_l(right_{l-1})
     if l in attention_levels (both read the other ear's map from before this exchange):
@@ -14,19 +16,33 @@ back to the teacher's width, through BN + ReLU like the teacher's own ``x1..x5``
 ``x1..x5`` therefore have exactly the teacher's shapes, and the decoder and head are the
 teacher's classes (:class:`models.blocks.UNetDecoder`, :class:`models.blocks.DepthHead`), so
 ``d1..d4`` match too. Every attention block starts as the identity (zero output projection).
+
+Options, each off by default so old configs rebuild the same network:
+
+* ``decoder="query"``: :class:`models.query_decoder.ImageQueryDecoder` instead of the U-Net
+  decoder: image-grid queries cross-attend to the binaural tokens, so no spectrogram-grid skip
+  reaches the depth map and ``d1..d4`` are image-grid features (same shapes).
+* ``input_features="ild"``: encoder inputs ``(left, left − right)`` and ``(right, right − left)``.
+  The difference of the input channels is a level ratio for log-magnitude recipes (the default
+  recipe's ``log1p``), a plain difference for linear ones. Derived inside the model, so swapping
+  the ears (the mirror augmentation) swaps the encoders' inputs, sign of the difference included.
+* ``head_init_depth``: the depth head starts there (:class:`models.blocks.DepthHead`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from models.attention import DEFAULT_GLOBAL_TOKEN_LIMIT, EarCrossAttention
 from models.blocks import ENCODER_KEYS, DepthHead, UNetDecoder, UNetEncoder, check_input
+from models.query_decoder import ImageQueryDecoder
 from models.rgb_depth_model import DEFAULT_MAX_DEPTH
 
 DEFAULT_ATTENTION_LEVELS: Tuple[int, ...] = (2, 3, 4, 5)
+DECODERS: Tuple[str, ...] = ("unet", "query")
+INPUT_FEATURES: Tuple[str, ...] = ("magnitude", "ild")
 
 
 def _ear_fusion(channels: int) -> nn.Module:
@@ -51,6 +67,14 @@ class BinauralAttentionModel(nn.Module):
             (see :class:`models.attention.EarCrossAttention`; ``"naive"`` is for benchmarks only).
         global_token_limit: in ``"auto"`` mode, levels with at most this many F·T tokens attend
             globally, larger ones along time per frequency band.
+        decoder: ``"unet"`` (the teacher's decoder, skips from the fused levels) or ``"query"``
+            (image-grid queries, :class:`models.query_decoder.ImageQueryDecoder`).
+        input_features: ``"magnitude"`` (each encoder sees its ear) or ``"ild"`` (its ear and
+            the level difference, own minus other).
+        head_init_depth: ``None``, or metres in (0, max_depth) where the depth head starts.
+
+    Raises:
+        ValueError: bad attention levels, decoder, input features or head init depth.
     """
 
     model_name = "binaural_attention"
@@ -64,6 +88,9 @@ class BinauralAttentionModel(nn.Module):
         num_heads: int = 4,
         attention_mode: str = "auto",
         global_token_limit: int = DEFAULT_GLOBAL_TOKEN_LIMIT,
+        decoder: str = "unet",
+        input_features: str = "magnitude",
+        head_init_depth: Optional[float] = None,
     ) -> None:
         super().__init__()
         levels = sorted(int(level) for level in attention_levels)
@@ -71,13 +98,20 @@ class BinauralAttentionModel(nn.Module):
             raise ValueError(
                 f"attention_levels must be distinct levels in 1..5, got {list(attention_levels)}"
             )
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        if input_features not in INPUT_FEATURES:
+            raise ValueError(f"input_features must be one of {INPUT_FEATURES}, got {input_features!r}")
         self.config: Dict[str, Any] = dict(
             base_channels=base_channels, attention_levels=levels, bilinear=bilinear,
             max_depth=float(max_depth), num_heads=num_heads, attention_mode=attention_mode,
-            global_token_limit=global_token_limit,
+            global_token_limit=global_token_limit, decoder=decoder, input_features=input_features,
+            head_init_depth=None if head_init_depth is None else float(head_init_depth),
         )
-        self.left_encoder = UNetEncoder(1, base_channels, bilinear)
-        self.right_encoder = UNetEncoder(1, base_channels, bilinear)
+        self.with_ild = input_features == "ild"
+        ear_channels = 2 if self.with_ild else 1
+        self.left_encoder = UNetEncoder(ear_channels, base_channels, bilinear)
+        self.right_encoder = UNetEncoder(ear_channels, base_channels, bilinear)
         widths = dict(zip(ENCODER_KEYS, self.left_encoder.channels))
         attended = [ENCODER_KEYS[level - 1] for level in levels]
 
@@ -87,8 +121,9 @@ class BinauralAttentionModel(nn.Module):
         self.left_from_right = nn.ModuleDict({key: attention(key) for key in attended})
         self.right_from_left = nn.ModuleDict({key: attention(key) for key in attended})
         self.fusion = nn.ModuleDict({key: _ear_fusion(widths[key]) for key in ENCODER_KEYS})
-        self.decoder = UNetDecoder(base_channels, bilinear)
-        self.head = DepthHead(base_channels, max_depth)
+        self.decoder = (ImageQueryDecoder(base_channels, bilinear, num_heads) if decoder == "query"
+                        else UNetDecoder(base_channels, bilinear))
+        self.head = DepthHead(base_channels, max_depth, head_init_depth)
 
     def forward(
         self, x: torch.Tensor, return_features: bool = False
@@ -109,6 +144,8 @@ class BinauralAttentionModel(nn.Module):
         """
         check_input(x, 2)
         left, right = x[:, :1], x[:, 1:]
+        if self.with_ild:
+            left, right = torch.cat([left, left - right], dim=1), torch.cat([right, right - left], dim=1)
         encoded = {}
         for key, left_stage, right_stage in zip(
             ENCODER_KEYS, self.left_encoder.stages, self.right_encoder.stages
@@ -133,10 +170,14 @@ def create_binaural_attention_model(
     num_heads: int = 4,
     attention_mode: str = "auto",
     global_token_limit: int = DEFAULT_GLOBAL_TOKEN_LIMIT,
+    decoder: str = "unet",
+    input_features: str = "magnitude",
+    head_init_depth: Optional[float] = None,
 ) -> BinauralAttentionModel:
     """Build the binaural cross-attention student (see :class:`BinauralAttentionModel`)."""
     return BinauralAttentionModel(
         base_channels=base_channels, attention_levels=attention_levels, bilinear=bilinear,
         max_depth=max_depth, num_heads=num_heads, attention_mode=attention_mode,
-        global_token_limit=global_token_limit,
+        global_token_limit=global_token_limit, decoder=decoder, input_features=input_features,
+        head_init_depth=head_init_depth,
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.attention import EarCrossAttention, attend, naive_attention, sinusoidal_position_2d
+from models.attention import (CrossAttention, EarCrossAttention, attend, head_count,
+                              naive_attention, sinusoidal_position_2d)
 
 BATCH, FREQS, TIMES, HEADS, HEAD_DIM = 2, 4, 6, 2, 8
 
@@ -81,3 +82,34 @@ def test_position_code_shape_range_and_axes() -> None:
     # First half of the channels varies only along frequency, second half only along time.
     assert torch.equal(code[:, :1, :4].expand(3, 5, 4), code[..., :4])
     assert torch.equal(code[:1, :, 4:].expand(3, 5, 4), code[..., 4:])
+
+
+def test_cross_attention_equals_the_naive_formula() -> None:
+    torch.manual_seed(0)
+    block = CrossAttention(query_channels=6, memory_channels=12, channels=8, num_heads=2)
+    query, memory = torch.randn(2, 5, 6), torch.randn(2, 7, 12)
+    memory_position, query_position = torch.randn(7, 12), torch.randn(5, 8)
+    normed = torch.nn.functional.layer_norm(memory, (12,))  # the block's LayerNorm starts as this
+
+    def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, 8) → (B, 2, L, 4)
+        return x.reshape(2, -1, 2, 4).transpose(1, 2)
+
+    q = heads(block.to_q(query) + query_position)
+    k = heads(block.to_k(normed + memory_position))
+    v = heads(block.to_v(normed))
+    expected = block.out_proj(naive_attention(q, k, v).transpose(1, 2).reshape(2, 5, 8))
+    torch.testing.assert_close(block(query, memory, memory_position, query_position), expected)
+
+
+def test_cross_attention_ignores_the_order_of_memory_tokens() -> None:
+    torch.manual_seed(0)
+    block = CrossAttention(8, 8, 8, num_heads=2)
+    query, memory, position = torch.randn(1, 3, 8), torch.randn(1, 6, 8), torch.randn(6, 8)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])  # tokens travel with their positions
+    torch.testing.assert_close(block(query, memory, position),
+                               block(query, memory[:, order], position[order]))
+
+
+@pytest.mark.parametrize("channels, expected", [(64, 4), (32, 2), (16, 1), (8, 1), (48, 3), (56, 2)])
+def test_head_count_keeps_heads_of_at_least_16_channels(channels: int, expected: int) -> None:
+    assert head_count(channels, num_heads=4) == expected

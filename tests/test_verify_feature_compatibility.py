@@ -38,8 +38,8 @@ def test_json_from_the_command_line() -> None:
 
 def test_mismatch_exits_1_with_a_one_line_reason(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
-    def wider_student(base_channels: int, attention_levels: tuple):
-        return create_binaural_attention_model(2 * base_channels, attention_levels)
+    def wider_student(base_channels: int, **options):
+        return create_binaural_attention_model(2 * base_channels, **options)
 
     monkeypatch.setattr(verify, "create_binaural_attention_model", wider_student)
     assert verify.main(SMALL + ["--json"]) == 1
@@ -51,7 +51,17 @@ def test_mismatch_exits_1_with_a_one_line_reason(monkeypatch: pytest.MonkeyPatch
     assert captured.err.count("\n") == 1 and report["reason"] in captured.err
 
 
-@pytest.mark.parametrize("argv", [["--image_size", "40"], ["--attention_levels", "2,6"]])
+@pytest.mark.parametrize("argv", [["--base_channels", "8", "--image_size", "128", "--decoder", "query"],
+                                  ["--image_size", "64", "--decoder", "query", "--input_features", "ild"]])
+def test_student_options_match(argv: list, capsys: pytest.CaptureFixture) -> None:
+    assert verify.main(argv + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["match"] is True and report["decoder"] == "query"
+    assert [level["level"] for level in report["levels"]] == list(FEATURE_KEYS)
+
+
+@pytest.mark.parametrize("argv", [["--image_size", "40"], ["--attention_levels", "2,6"],
+                                  ["--decoder", "transformer"]])
 def test_bad_arguments_exit_with_usage_error(argv: list) -> None:
     with pytest.raises(SystemExit) as exit_info:
         verify.main(argv)
