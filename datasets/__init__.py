@@ -1,4 +1,8 @@
-"""BatVision V1/V2 readers, their named preprocessing recipes and the preprocessing cache."""
+"""BatVision V1/V2 readers, their named preprocessing recipes and the preprocessing cache.
+
+``python -m datasets.check --data_root DIR`` reads every sample of a dataset once and lists every
+bad file (see ``datasets.check``).
+"""
 from datasets.batvision import BatvisionV1Dataset, BatvisionV2Dataset
 from datasets.errors import DataError
 from datasets.recipes import RECIPES, Recipe, get_recipe

@@ -478,3 +478,58 @@ def test_synthetic_into_a_real_dataset_folder_is_refused(v2_root):
     with pytest.raises(DataError, match="no synthetic world manifest"):
         resolve_data_root(args, DistContext())
     assert _listing(v2_root) == before
+
+
+# --- the validator: python -m datasets.check ---------------------------------------------------
+
+def test_validator_lists_every_bad_file_of_every_split(v2_root, capsys):
+    from datasets import check
+
+    assert check.main(["--data_root", str(v2_root), "--workers", "2", "--use_rgb"]) == 0
+    assert "checked 18 samples (train 9, val 6, test 3); no problem found" in \
+        capsys.readouterr().out
+    train, val, test = (BatvisionV2Dataset(v2_root, split).records for split in
+                        ("train", "val", "test"))
+    missing, corrupt, truncated = (train[4].audio_paths[0], val[1].depth_path,
+                                   test[2].camera_path)
+    missing.unlink()
+    corrupt.write_bytes(b"\x93NUMPY broken")
+    truncated.write_bytes(truncated.read_bytes()[:150])
+    assert check.main(["--data_root", str(v2_root), "--workers", "2", "--use_rgb"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{missing}: file not found" in lines
+    assert any(line.startswith(f"{corrupt}: corrupt .npy") for line in lines)
+    assert any(line.startswith(f"{truncated}: corrupt image") for line in lines)
+    assert lines[-1].endswith("checked 18 samples (train 9, val 6, test 3); 3 problem(s), "
+                              "listed above")
+    # Without --use_rgb the camera images are not read; one process reads the same.
+    assert check.main(["--data_root", str(v2_root), "--workers", "1", "--splits", "test"]) == 0
+
+
+def test_validator_reports_csv_and_label_problems_and_goes_on(v1_root, capsys):
+    from datasets import check
+
+    (v1_root / "val.csv").unlink()
+    _rewrite_depth(BatvisionV1Dataset(v1_root, "test"), np.zeros_like)
+    assert check.main(["--dataset", "batvisionv1", "--data_root", str(v1_root),
+                       "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"{v1_root / 'val.csv'}: split CSV not found" in out
+    assert f"{v1_root}: split 'test': no valid depth pixel" in out
+    assert "checked 8 samples (train 6, test 2); 2 problem(s)" in out
+
+
+def test_validator_flags_and_usage_errors(tmp_path, capsys):
+    from datasets import check
+
+    help_text = check.build_parser().format_help()
+    for flag in ("--dataset", "--data_root", "--splits", "--workers", "--use_rgb", "--recipe",
+                 "--max_depth"):
+        assert flag in help_text
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--data_root", str(tmp_path)])
+    assert exit_info.value.code.startswith("error: --data_root") and \
+        "\n" not in exit_info.value.code
+    with pytest.raises(SystemExit) as exit_info:
+        check.main(["--data_root", str(tmp_path), "--splits", "train,dev"])
+    assert exit_info.value.code == 2
