@@ -1,14 +1,17 @@
 """Evaluate a trained checkpoint on a split with the official metrics.
 
 The model is rebuilt from the checkpoint's saved name and config, and the data from its saved
-arguments (dataset, recipe, image size, max depth), so the numbers are computed exactly as during
-validation: per image, pixels with gt > --valid_threshold, metres, mean over images; images
-without a valid pixel are skipped and counted.
+arguments (dataset, recipe, image size, max depth, valid threshold), so the numbers are computed
+exactly as during validation: per image, pixels with gt > the run's --valid_threshold (unless
+given here), metres, mean over images; images without a valid pixel are skipped and counted.
+A checkpoint whose weights are not all finite is refused.
 
     python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
     python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
 
-Writes ``metrics.json`` and ``per_image.csv`` to --out and prints a table.
+Writes ``metrics.json`` and ``per_image.csv`` to --out and prints a table. ``metrics.json``
+records what was evaluated: the checkpoint's weights fingerprint, the run's identity fingerprint
+and the evaluated split's data fingerprint, so a stale evaluation can be told from a current one.
 """
 from __future__ import annotations
 
@@ -22,10 +25,14 @@ from torch.utils.data import DataLoader
 
 from datasets.sample import META
 from training import cli
-from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model, write_json
+from training.checkpoint import (
+    BEST_CHECKPOINT, EVALUATION_PREFIX, METRICS_FILE, PER_IMAGE_FILE, atomic_write,
+    load_checkpoint, load_model, write_json,
+)
 from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
 from training.device import DistContext, resolve_device
 from training.engine import DepthTask, validate
+from training.identity import checkpoint_fingerprint
 from training.metrics import METRIC_NAMES, DepthMetrics
 
 SPLITS = ("train", "val", "test")
@@ -40,13 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dataset kind; None: the checkpoint's")
     parser.add_argument("--data_root", default=None, help="dataset root; None: the checkpoint's")
     parser.add_argument("--out", default=None,
-                        help="output folder; None: <checkpoint folder>/eval_<split>")
-    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--num_workers", type=int, default=2, help="DataLoader worker processes")
+                        help="output folder; None: <checkpoint folder>/"
+                             f"{EVALUATION_PREFIX}<split>")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=16,
+                        help="images per forward pass")
+    parser.add_argument("--num_workers", type=cli.non_negative_int, default=2,
+                        help="DataLoader worker processes")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available, else cpu), cpu, cuda")
-    parser.add_argument("--valid_threshold", type=float, default=0.0,
-                        help="score pixels with ground truth > this (metres)")
+    parser.add_argument("--valid_threshold", type=cli.non_negative_float, default=None,
+                        help="score pixels with ground truth > this (metres); None: the run's "
+                             "own --valid_threshold, as during its validation")
     return parser
 
 
@@ -64,7 +75,7 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     num_workers: int = 0,
     device: str = "auto",
-    valid_threshold: float = 0.0,
+    valid_threshold: Optional[float] = None,
 ) -> Dict[str, Any]:
     """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
 
@@ -75,14 +86,17 @@ def evaluate_checkpoint(
         out_dir: output folder (default ``<checkpoint folder>/eval_<split>``).
         batch_size, num_workers: of the loader.
         device: ``auto``, ``cpu``, ``cuda``...
-        valid_threshold: metres; pixels with gt above it are scored.
+        valid_threshold: metres; pixels with gt above it are scored (``None``: the run's own).
 
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
-        ``checkpoint``, ``dataset``, ``data_root``, ``model_name`` and the metric ``protocol``.
+        ``checkpoint``, ``dataset``, ``data_root``, ``model_name``, the metric ``protocol``,
+        ``checkpoint_fingerprint`` (:func:`training.identity.checkpoint_fingerprint`),
+        ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one) and
+        ``data_fingerprint`` (the evaluated split's).
 
     Raises:
-        DataError: unreadable checkpoint or data.
+        DataError: unreadable checkpoint or data, or a checkpoint with non-finite weights.
     """
     path = _checkpoint_file(str(checkpoint))
     saved = load_checkpoint(path)
@@ -96,6 +110,8 @@ def evaluate_checkpoint(
                              use_rgb=input_key == "rgb")
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
     task = DepthTask(model, input_key, model.config["max_depth"], args.criterion)
+    if valid_threshold is None:
+        valid_threshold = saved["args"].get("valid_threshold", 0.0)
     metrics = DepthMetrics(valid_threshold, device=torch_device)
     rows: List[Dict[str, Any]] = []
 
@@ -116,14 +132,21 @@ def evaluate_checkpoint(
         **metrics.compute(), "split": split, "checkpoint": str(path),
         "model_name": saved["model_name"], "dataset": args.dataset,
         "data_root": str(args.data_root), "protocol": metrics.protocol(),
+        "checkpoint_fingerprint": checkpoint_fingerprint(saved),
+        "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
+        "data_fingerprint": data_set.data_fingerprint,
     }
-    out = Path(out_dir) if out_dir is not None else path.parent / f"eval_{split}"
+    out = Path(out_dir) if out_dir is not None else path.parent / f"{EVALUATION_PREFIX}{split}"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", result)
-    with open(out / "per_image.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_json(out / METRICS_FILE, result)
+
+    def write_rows(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out / PER_IMAGE_FILE, write_rows)
     result["out_dir"] = str(out)
     return result
 

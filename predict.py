@@ -5,7 +5,7 @@ during training (``datasets.batvision`` and ``datasets.recipes``, with the check
 image size, max depth and audio format), so a prediction sees exactly what the model was
 trained on. A binaural model takes the recording of the format it was trained on: a V2 WAV
 (BatVision V2 and the synthetic world) or a V1 left/right ``.npy`` pair. The RGB model takes a
-camera image.
+camera image. A checkpoint whose weights are not all finite is refused.
 
     python predict.py --checkpoint checkpoints/student/best_model.pth --wav audio_3011.wav
     python predict.py --checkpoint checkpoints/v1_student --left 123_left.npy --right 123_right.npy

@@ -1,4 +1,5 @@
-"""Checkpoint format: atomic writes, weights-only loading, finding runs, random states."""
+"""Checkpoint format: atomic writes (with the umask's permissions), weights-only loading, finite
+or nothing, clearing a run folder, finding runs, random states."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ import torch
 from datasets.errors import DataError
 from models import build_model
 from training import checkpoint as ckpt
+from training.errors import TrainingError
 
 
 def _checkpoint(model: torch.nn.Module, epoch: int = 1) -> ckpt.Checkpoint:
@@ -109,3 +111,59 @@ def test_json_is_strict(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     ckpt.write_json(path, {"rmse": float("nan"), "best": float("inf"), "n": [1.5]})
     assert path.read_text() == '{\n  "rmse": null,\n  "best": null,\n  "n": [\n    1.5\n  ]\n}\n'
+
+
+def test_non_finite_tensors_are_named_wherever_they_sit() -> None:
+    tree = {"a": torch.tensor([1.0, float("inf")]), "b": [torch.tensor([0]), torch.tensor([0.5]),
+            {"c": torch.tensor([float("nan")])}], "d": float("nan"), "e": torch.ones(0)}
+    assert ckpt.non_finite_tensors(tree) == ["a", "b.2.c"]  # Python floats are not tensors
+    assert ckpt.describe_names(["a", "b.2.c", "f"]) == "a and 2 more"
+
+
+def test_save_refuses_non_finite_tensors_and_writes_nothing(
+        tmp_path: Path, model: torch.nn.Module) -> None:
+    checkpoint = _checkpoint(model)
+    checkpoint["optimizer_state"] = {"state": {0: {"exp_avg": torch.tensor([1.0, float("nan")])}}}
+    path = tmp_path / ckpt.LAST_CHECKPOINT
+    with pytest.raises(TrainingError) as error:
+        ckpt.save_checkpoint(path, checkpoint)
+    assert str(error.value) == (
+        f"{path}: not written: non-finite values in optimizer_state.state.0.exp_avg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_model_refuses_non_finite_weights(tmp_path: Path, model: torch.nn.Module) -> None:
+    checkpoint = _checkpoint(model)
+    checkpoint["model_state"] = {k: v * float("inf") if k.startswith("head.") else v
+                                 for k, v in model.state_dict().items()}
+    path = tmp_path / "diverged.pth"
+    torch.save(checkpoint, path)  # bypasses save_checkpoint, as an older version could have
+    with pytest.raises(DataError) as error:
+        ckpt.load_model(ckpt.load_checkpoint(path), path=path)
+    assert str(error.value) == (f"{path}: holds non-finite weights (head.conv.weight and 1 more): "
+                                "the run had diverged; use a checkpoint from before")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_new_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        ckpt.write_json(tmp_path / "config.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_clear_run_folder_removes_the_projects_files_only(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ours = [*ckpt.RUN_FILES, ".last_model.pth.a1b2c3.tmp", ".metrics.json.x.tmp",
+            "eval_test/metrics.json", "eval_test/per_image.csv", "eval_val/metrics.json"]
+    theirs = ["notes.txt", ".notes.txt.a1.tmp", "eval_val/my_plot.png", "wandb/run.log"]
+    for name in ours + theirs:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("x")
+    removed = ckpt.clear_run_folder(run)
+    assert sorted(str(p.relative_to(run)) for p in removed) == sorted(ours)
+    remaining = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    assert remaining == sorted(theirs)
+    assert not (run / "eval_test").exists()  # emptied, so removed; eval_val keeps my_plot.png

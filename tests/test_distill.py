@@ -1,4 +1,5 @@
-"""Distillation terms: zero on agreement, positive otherwise; adapters learn; schedules ramp."""
+"""Distillation terms: zero on agreement, positive otherwise, equal to hand-computed values;
+adapters learn; schedules ramp; a stopped and resumed distillation equals an uninterrupted one."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ import train_distillation
 import train_rgb_depth
 from models import build_model
 from training.checkpoint import LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from training.identity import checkpoint_fingerprint
 from training.distill import (
     MATCHINGS,
     DistillationTask,
@@ -164,20 +166,56 @@ def test_one_step_trains_student_and_adapters_and_leaves_the_teacher_alone(sched
     assert task.step == 1
 
 
-def test_kd_terms_follow_the_weights_and_schedule() -> None:
-    task = _task(depth_weight=2.0, feature_weight=0.0, schedule="linear", ramp_steps=4)
-    assert task.adapters is None
+def _standardised_by_hand(x: torch.Tensor) -> torch.Tensor:
+    """Per sample: (x - mean) / sqrt(var + 1e-5) over (C, H, W), var without Bessel's factor."""
+    flat = x.flatten(1)
+    mean = flat.mean(dim=1).view(-1, 1, 1, 1)
+    var = flat.var(dim=1, unbiased=False).view(-1, 1, 1, 1)
+    return (x - mean) / torch.sqrt(var + 1e-5)
+
+
+def test_kd_terms_equal_hand_computed_weights_schedule_and_total() -> None:
+    """lambda_depth 2, lambda_feat 0.6 over 2 levels, linear ramp over 4 steps: at step 1 the
+    schedule factor is 1/4, so kd_depth = 2 * 1/4 * mean|s - t| / 30 and each kd_<level> =
+    0.6 / 2 * 1/4 * MSE of the standardised maps; at step 0 both are 0."""
+    task = _task(depth_weight=2.0, feature_weight=0.6, feature_levels=["d2", "d3"],
+                 schedule="linear", ramp_steps=4)
     task.eval()
+    batch = _tiny_batch()
     with torch.no_grad():
-        _, at_start = task(_tiny_batch())
-        task.step = 2
-        _, halfway = task(_tiny_batch())
-    assert set(at_start) == {"l1", "kd_depth", "total"}
-    assert at_start["kd_depth"].item() == 0.0
-    assert halfway["kd_depth"].item() > 0.0
-    expected_total = halfway["l1"].item() + halfway["kd_depth"].item()
-    assert halfway["total"].item() == pytest.approx(expected_total)
-    assert task.step == 2  # eval forwards are not training steps
+        student, student_features = task.model(batch["audio"], return_features=True)
+        teacher, teacher_features = task.teacher(batch["rgb"], return_features=True)
+        adapted = {level: task.adapters.adapters[level](student_features[level])
+                   for level in ("d2", "d3")}
+        _, at_start = task(batch)
+        task.step = 1
+        _, quarter = task(batch)
+
+    valid = batch["valid"]
+    l1 = ((student - batch["depth"]).abs()[valid].sum() / valid.sum() / 30.0).item()
+    kd_depth = 2.0 * 0.25 * ((student - teacher).abs().mean() / 30.0).item()
+    kd_levels = {f"kd_{level}": 0.6 / 2 * 0.25 * (
+        _standardised_by_hand(adapted[level])
+        - _standardised_by_hand(teacher_features[level])).pow(2).mean().item()
+        for level in ("d2", "d3")}
+    expected = {"l1": l1, "kd_depth": kd_depth, **kd_levels,
+                "total": l1 + kd_depth + sum(kd_levels.values())}
+    assert {k: v.item() for k, v in quarter.items()} == pytest.approx(expected, rel=1e-5)
+    assert kd_depth > 1e-4 and min(kd_levels.values()) > 1e-4  # nothing trivially zero
+    zero_kd = {"l1": l1, "kd_depth": 0.0, "kd_d2": 0.0, "kd_d3": 0.0, "total": l1}
+    assert {k: v.item() for k, v in at_start.items()} == pytest.approx(zero_kd, rel=1e-5)
+    assert task.step == 1  # eval forwards are not training steps
+
+
+def test_teacher_fingerprint_is_that_of_its_checkpoint(tmp_path: Path) -> None:
+    task = _task()
+    checkpoint = {"model_name": task.teacher.model_name, "model_config": task.teacher.config,
+                  "model_state": task.teacher.state_dict()}
+    assert task.teacher_fingerprint == checkpoint_fingerprint(checkpoint)
+    retrained = build_model("rgb_depth", base_channels=BASE, max_depth=30.0)  # other weights
+    other = DistillationTask(build_model("binaural_attention", base_channels=BASE, max_depth=30.0),
+                             retrained, 30.0, IMAGE)
+    assert other.teacher_fingerprint != task.teacher_fingerprint
 
 
 def _train_args(root: Path, out: Path, name: str) -> list:
@@ -200,27 +238,59 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
     return root, base / "runs" / "teacher" / LAST_CHECKPOINT
 
 
-def test_a_short_distillation_epoch_writes_student_and_adapters(teacher_run,
-                                                                 tmp_path: Path) -> None:
+def test_distillation_stopped_and_resumed_equals_an_uninterrupted_run(
+        teacher_run, tmp_path: Path) -> None:
+    """Two epochs of 3 steps with a linear ramp over 4.5 steps: epoch 2 runs mid-ramp, so a
+    resume that lost the schedule step (restarting the ramp) or the adapters (back to their
+    initial weights) gives other weights than the uninterrupted run."""
     root, teacher = teacher_run
-    train_distillation.main(_train_args(root, tmp_path, "kd") + [
-        "--teacher_checkpoint", str(teacher), "--lambda_feat", "0.1", "--feature_levels", "d1,d4",
-        "--kd_schedule", "cosine", "--kd_ramp_epochs", "0.5"])
-    checkpoint = load_checkpoint(tmp_path / "kd" / LAST_CHECKPOINT)
-    assert checkpoint["model_name"] == "binaural_attention"
-    assert set(checkpoint["extra_states"]) == {"adapters"}
-    assert "teacher" not in checkpoint["extra_states"]
-    logged = checkpoint["history"][-1]["train"]
-    assert {"l1", "kd_depth", "kd_d1", "kd_d4", "total"} <= set(logged)
-    assert all(math.isfinite(v) for v in logged.values())
+    kd_flags = ["--teacher_checkpoint", str(teacher), "--lambda_feat", "0.1",
+                "--feature_levels", "d1,d4", "--kd_schedule", "linear", "--kd_ramp_epochs", "1.5",
+                "--nb_epochs", "2", "--deterministic"]
+    train_distillation.main(_train_args(root, tmp_path, "straight") + kd_flags)
+    train_distillation.main(_train_args(root, tmp_path, "killed") + kd_flags
+                            + ["--stop_after_epochs", "1"])
+    killed = tmp_path / "killed" / LAST_CHECKPOINT
+    first_epoch = load_checkpoint(killed)
+    assert first_epoch["epoch"] == 1 and first_epoch["global_step"] == 3
 
-    # Resuming restores teacher, KD flags and adapters from the run itself.
-    train_distillation.main(["--resume", str(tmp_path / "kd"), "--nb_epochs", "2",
-                             "--num_workers", "0"])
-    resumed = load_checkpoint(tmp_path / "kd" / LAST_CHECKPOINT)
-    assert resumed["epoch"] == 2 and resumed["args"]["teacher_checkpoint"] == str(teacher)
-    assert resumed["args"]["feature_levels"] == ["d1", "d4"]
-    assert set(resumed["history"][-1]["train"]) == set(logged)
+    # KD flags may not change on resume; the refusal writes nothing.
+    with pytest.raises(SystemExit) as error:
+        train_distillation.main(["--resume", str(killed.parent), "--num_workers", "0",
+                                 "--lambda_depth", "2"])
+    assert str(error.value.code) == (f"error: {killed}: cannot resume: --lambda_depth: 1.0 -> "
+                                     "2.0 (start a new run or use --overwrite)")
+    assert load_checkpoint(killed)["history"] == first_epoch["history"]
+
+    train_distillation.main(["--resume", str(killed.parent), "--num_workers", "0"])
+    straight = load_checkpoint(tmp_path / "straight" / LAST_CHECKPOINT)
+    resumed = load_checkpoint(killed)
+    assert resumed["model_name"] == "binaural_attention"
+    assert set(resumed["extra_states"]) == {"adapters"}  # the frozen teacher is not stored
+    assert resumed["epoch"] == straight["epoch"] == 2
+    assert resumed["global_step"] == straight["global_step"] == 6
+    for name in ("model_state", "extra_states"):
+        flat_straight = dict(_flatten(straight[name]))
+        flat_resumed = dict(_flatten(resumed[name]))
+        assert flat_resumed.keys() == flat_straight.keys()
+        for key, value in flat_straight.items():
+            assert torch.equal(flat_resumed[key], value), (name, key)
+    assert not torch.equal(resumed["extra_states"]["adapters"]["adapters.d1.weight"],
+                           first_epoch["extra_states"]["adapters"]["adapters.d1.weight"])
+    logged = resumed["history"][-1]["train"]
+    assert {"l1", "kd_depth", "kd_d1", "kd_d4", "total"} == set(logged)
+    assert logged == straight["history"][-1]["train"]
+    assert resumed["args"]["teacher_checkpoint"] == str(teacher)
+    assert resumed["identity"]["kind"] == "kd"
+    assert resumed["identity"]["teacher"] == checkpoint_fingerprint(load_checkpoint(teacher))
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def test_teacher_of_the_wrong_model_size_or_range_is_refused(teacher_run,

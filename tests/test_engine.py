@@ -1,8 +1,10 @@
-"""The shared engine: exact resume, NaN stop, wrong-model resume, plug-in tasks, schedules,
-mirror augmentation, W&B."""
+"""The shared engine: exact resume, finite or nothing (loss, gradient, weights, validation), wrong
+model or changed settings on resume, clean run folders (--overwrite, leftover temporaries, best
+model repair), plug-in tasks, schedules, mirror augmentation, W&B."""
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -13,13 +15,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train_binaural_attention
 import train_rgb_depth
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from models import build_model
 from training import cli, losses
-from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
+from training.checkpoint import (
+    BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, non_finite_tensors,
+)
 from training.data import build_data, mirror_batch
 from training.engine import DepthTask, amp_dtype, fit, lr_factor, with_total
 from training.tracking import Tracker
@@ -86,7 +91,7 @@ def test_resume_with_another_model_is_refused_and_writes_nothing(
         train_binaural_attention.main(["--resume", str(run), "--num_workers", "0"])
     message = str(error.value.code)
     assert message.startswith("error: ") and "\n" not in message
-    assert "'rgb_depth'" in message and "'binaural_attention'" in message
+    assert "train_rgb_depth.py" in message and "not train_binaural_attention.py" in message
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
     # A fresh run aimed at the same folder, and a contradicting model flag, are refused too.
@@ -113,13 +118,187 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     with pytest.raises(SystemExit) as error:
         train_rgb_depth.main(train_argv(data_root, tmp_path, "diverges"))
     message = str(error.value.code)
-    assert message.startswith("error: non-finite loss at epoch 2") and "\n" not in message
-    assert "(epoch 1) is kept" in message
+    assert message == ("error: non-finite loss at epoch 2, step 3 (l1=nan, total=nan); stopped, "
+                       f"the last good checkpoint is {tmp_path / 'diverges' / LAST_CHECKPOINT} "
+                       "(epoch 1)")
     kept = load_checkpoint(tmp_path / "diverges" / LAST_CHECKPOINT)
     assert kept["epoch"] == 1
     weights = [v for v in kept["model_state"].values() if v.is_floating_point()]
     assert all(torch.isfinite(v).all() for v in weights)
     assert load_checkpoint(tmp_path / "diverges" / BEST_CHECKPOINT)["epoch"] == 1
+
+
+class NanGradient(torch.autograd.Function):
+    """Identity forward; a NaN gradient backward (a finite loss with a non-finite gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
+
+
+def _first_parameter_name() -> str:
+    model = build_model("rgb_depth", base_channels=4, max_depth=30.0)
+    return next(name for name, _ in model.named_parameters())
+
+
+def _stop_message(argv: List[str]) -> str:
+    with pytest.raises(SystemExit) as error:
+        train_rgb_depth.main(argv)
+    message = str(error.value.code)
+    assert "\n" not in message
+    return message
+
+
+def test_non_finite_gradient_stops_before_the_step(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def l1_with_nan_gradient(pred: torch.Tensor, target: torch.Tensor,
+                             valid: torch.Tensor) -> torch.Tensor:
+        return losses.masked_l1(NanGradient.apply(pred), target, valid)
+
+    monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_nan_gradient)
+    message = _stop_message(train_argv(data_root, tmp_path, "nan_grad"))
+    assert message == (f"error: non-finite gradient at epoch 1, step 1 (first in "
+                       f"model.{_first_parameter_name()}; total norm nan); stopped, no checkpoint "
+                       "has been written yet")
+    assert not list((tmp_path / "nan_grad").glob("*.pth"))
+
+
+def test_non_finite_weight_after_a_step_stops_before_anything_is_saved(
+        data_root: Path, tmp_path: Path) -> None:
+    steps = {"n": 0}
+
+    def inf_after_second_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        """The last step of epoch 1 leaves one weight infinite (loss and gradients were finite)."""
+        steps["n"] += 1
+        if steps["n"] == 2:
+            optimizer.param_groups[0]["params"][0].data.view(-1)[0] = float("inf")
+
+    handle = register_optimizer_step_post_hook(inf_after_second_step)
+    try:
+        message = _stop_message(train_argv(data_root, tmp_path, "inf_weight"))
+    finally:
+        handle.remove()
+    assert message == (f"error: non-finite values after epoch 1 (step 2): model_state."
+                       f"{_first_parameter_name()}; stopped, no checkpoint has been written yet")
+    assert not list((tmp_path / "inf_weight").glob("*.pth"))
+
+
+def test_non_finite_validation_stops_before_saving(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_in_validation(pred: torch.Tensor, target: torch.Tensor,
+                          valid: torch.Tensor) -> torch.Tensor:
+        loss = losses.masked_l1(pred, target, valid)
+        return loss if pred.requires_grad else loss * float("nan")
+
+    monkeypatch.setitem(losses.CRITERIA, "l1", nan_in_validation)
+    message = _stop_message(train_argv(data_root, tmp_path, "nan_val"))
+    assert message == ("error: non-finite validation after epoch 1 (l1=nan, total=nan); "
+                       "stopped, no checkpoint has been written yet")
+    assert not list((tmp_path / "nan_val").glob("*.pth"))
+
+
+def test_diverging_learning_rate_stops_with_one_line_and_nothing_non_finite_on_disk(
+        data_root: Path, tmp_path: Path) -> None:
+    """The issue's repro: the binaural model at --learning_rate 1e6."""
+    with pytest.raises(SystemExit) as error:
+        train_binaural_attention.main(train_argv(data_root, tmp_path, "lr", "--nb_epochs", "3",
+                                                 "--learning_rate", "1e6"))
+    message = str(error.value.code)
+    assert message.startswith("error: non-finite ") and "\n" not in message
+    for path in (tmp_path / "lr").glob("*.pth"):
+        assert non_finite_tensors(torch.load(path, weights_only=True)) == [], path
+
+
+def test_resume_refuses_other_data_settings_and_non_finite_checkpoints(
+        data_root: Path, tmp_path: Path) -> None:
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "run", "--nb_epochs", "1"))
+    run = tmp_path / "run"
+    last = run / LAST_CHECKPOINT
+    saved = load_checkpoint(last)
+    config = json.loads((run / "config.json").read_text())
+    assert config["identity"] == saved["identity"]
+    assert saved["identity"]["kind"] == "teacher" and saved["identity"]["model"] == "rgb_depth"
+    assert saved["identity"]["settings"]["model"] == {"base_channels": 4}
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    message = _stop_message(["--resume", str(run), "--nb_epochs", "2", "--num_workers", "0",
+                             "--mirror_augment"])
+    assert message == (f"error: {last}: cannot resume: --mirror_augment: False -> True (start a "
+                       "new run or use --overwrite)")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    saved["model_state"]["head.conv.bias"] = saved["model_state"]["head.conv.bias"] * float("nan")
+    torch.save(saved, last)  # as a diverged run of an older version could have written it
+    message = _stop_message(["--resume", str(run), "--nb_epochs", "2", "--num_workers", "0"])
+    assert message == (f"error: {last}: holds non-finite values (model_state.head.conv.bias): "
+                       "the run had diverged; use a checkpoint from before")
+
+
+def test_overwrite_clears_the_previous_run_and_only_it(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    argv = train_argv(data_root, tmp_path, "run", "--nb_epochs", "1", "--num_val_images", "1")
+    train_rgb_depth.main(argv)
+    run = tmp_path / "run"
+    (run / "eval_test").mkdir()
+    for name in ("eval_test/metrics.json", "eval_test/per_image.csv", "notes.txt",
+                 ".last_model.pth.5f3a9c.tmp", ".notes.txt.1.tmp"):
+        (run / name).write_text("x")
+    capsys.readouterr()
+
+    # The new run stops at its first step: nothing of the old run may be left beside it.
+    monkeypatch.setitem(losses.CRITERIA, "l1", lambda pred, *_: pred.sum() * float("nan"))
+    _stop_message([*argv, "--overwrite"])
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "--overwrite: removed the previous run's best_model.pth, config.json, config.yaml, "
+        "eval_test/metrics.json, eval_test/per_image.csv, last_model.pth, metrics.json, "
+        f"val_best.png, val_last.png from {run}")
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".notes.txt.1.tmp", "config.json", "config.yaml", "notes.txt"]
+
+
+def test_resume_repairs_a_best_model_cut_short_and_drops_a_stale_one(
+        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "run", "--nb_epochs", "1"))
+    run = tmp_path / "run"
+    best, last = run / BEST_CHECKPOINT, run / LAST_CHECKPOINT
+    resume = ["--resume", str(run), "--num_workers", "0"]
+
+    # Killed between the two saves of epoch 1: last_model.pth names epoch 1 as best, and
+    # best_model.pth is missing (or older); epoch 1 is last_model.pth itself, so it is rebuilt.
+    best.unlink()
+    (run / ".best_model.pth.0c1d2e.tmp").write_bytes(b"half a checkpoint")
+    capsys.readouterr()
+    # --nb_epochs 1 reached: prepares the folder, trains nothing.
+    train_rgb_depth.main([*resume, "--num_val_images", "1"])
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{best} did not hold the best epoch 1 that {last} records: rewritten from it")
+    rebuilt, record = load_checkpoint(best), load_checkpoint(last)
+    assert rebuilt["epoch"] == 1 and rebuilt["history"] == record["history"]
+    for key, value in record["model_state"].items():
+        assert torch.equal(rebuilt["model_state"][key], value), key
+    assert not list(run.glob(".*.tmp"))
+    assert (run / "val_best.png").is_file()  # drawn by the rebuilt best model
+
+    # A record whose best epoch (1) is not its last (2), beside a best_model.pth of another run:
+    # that epoch cannot be rebuilt, so the stale file goes. (No "identity": a checkpoint of an
+    # older version, which still resumes.)
+    other = dict(record, history=[dict(record["history"][0], seconds=-1.0)])
+    torch.save(other, best)
+    record.pop("identity")
+    record.update(epoch=2, history=[*record["history"], dict(record["history"][0], epoch=2)])
+    torch.save(record, last)
+    capsys.readouterr()
+    train_rgb_depth.main([*resume, "--nb_epochs", "2"])
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"warning: {best} does not hold the best epoch that {last} records (epoch 1, val rmse "
+        f"{record['best_score']:.4f}), which cannot be rebuilt; the stale file is deleted; it is "
+        "written again at the next new best")
+    assert not best.exists() and not (run / "val_best.png").exists()
 
 
 class ProbeTask(DepthTask):
@@ -144,9 +323,9 @@ class ProbeTask(DepthTask):
 
 def test_plug_in_task_trains_extras_and_leaves_frozen_modules_alone(
         data_root: Path, tmp_path: Path) -> None:
-    parser, _ = cli.training_parser(None)
+    parser = cli.build_parser("teacher", None)
     argv = train_argv(data_root, tmp_path, "probe", "--nb_epochs", "1")
-    run = cli.start_run(parser, argv, "rgb_depth")
+    run = cli.start_run(parser, argv)
     data = build_data(run.args, run.context, use_rgb=True)
     model = build_model("rgb_depth", base_channels=4, max_depth=data.max_depth)
     task = ProbeTask(model, data.max_depth)

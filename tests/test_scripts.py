@@ -1,7 +1,9 @@
-"""The scripts end to end on a tiny synthetic world: both trainers, evaluate.py, predict.py,
---help, and bad inputs (one-line error, non-zero exit)."""
+"""The scripts end to end on a tiny synthetic world: both trainers, evaluate.py (the run's own
+valid threshold, fingerprints of what it scored), predict.py, --help, and bad inputs (one-line
+error, non-zero exit; a checkpoint with non-finite weights)."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -19,7 +21,10 @@ import predict
 import train_binaural_attention
 import train_rgb_depth
 from datasets.synthetic.world import WorldConfig, ensure_synthetic_world
-from training.checkpoint import LAST_CHECKPOINT, load_checkpoint
+from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from training.data import resolve_data_root, split_fingerprint
+from training.device import DistContext
+from training.identity import checkpoint_fingerprint
 from training.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,9 +71,12 @@ def runs(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Pat
 @pytest.mark.parametrize("model_name", list(SCRIPTS))
 def test_one_short_epoch_writes_the_run_folder(runs: Dict[str, Path], model_name: str) -> None:
     run = runs[model_name]
+    umask = os.umask(0)
+    os.umask(umask)
     for name in ("last_model.pth", "best_model.pth", "config.json", "metrics.json",
                  "val_last.png", "val_best.png"):
         assert (run / name).is_file(), name
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     config = json.loads((run / "config.json").read_text())
     parser = SCRIPTS[model_name].build_parser()
     every_flag = {a.dest for a in parser._actions if a.dest != "help"}
@@ -98,6 +106,46 @@ def test_evaluate_writes_metrics_and_per_image_csv(
     assert np.mean(scored) == pytest.approx(result["rmse"], abs=1e-5)
     table = capsys.readouterr().out
     assert "rmse" in table and "delta3" in table
+
+
+def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
+        runs: Dict[str, Path], tmp_path: Path) -> None:
+    saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)
+    saved["args"]["valid_threshold"] = 2.0
+    path = tmp_path / "threshold_2.pth"
+    save_checkpoint(path, saved)
+    evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path / "own"),
+                   "--num_workers", "0"])
+    evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path / "given"),
+                   "--num_workers", "0", "--valid_threshold", "0.5"])
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    given = json.loads((tmp_path / "given" / "metrics.json").read_text())
+    assert own["protocol"]["valid_threshold"] == 2.0
+    assert given["protocol"]["valid_threshold"] == 0.5
+
+    assert own["checkpoint_fingerprint"] == checkpoint_fingerprint(saved)
+    assert own["identity_fingerprint"] == saved["identity"]["fingerprint"]
+    args = argparse.Namespace(**saved["args"])
+    root = resolve_data_root(args, DistContext())
+    assert own["data_fingerprint"] == split_fingerprint(args, root, "test")
+    assert own["data_fingerprint"] != split_fingerprint(args, root, "val")
+
+
+def test_evaluate_and_predict_refuse_non_finite_weights(
+        runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
+    saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)
+    saved["model_state"]["head.conv.bias"] = saved["model_state"]["head.conv.bias"] * float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save(saved, path)  # bypasses save_checkpoint, as an older version could have
+    wav = sorted((world / "v2").glob("*/audio/*.wav"))[0]
+    for main, argv in ((evaluate.main, ["--num_workers", "0", "--out", str(tmp_path / "e")]),
+                       (predict.main, ["--wav", str(wav), "--out", str(tmp_path / "p")])):
+        with pytest.raises(SystemExit) as error:
+            main(["--checkpoint", str(path), *argv])
+        assert str(error.value.code) == (
+            f"error: {path}: holds non-finite weights (head.conv.bias): the run had diverged; "
+            "use a checkpoint from before")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
 
 
 def test_predict_from_a_wav_and_refuses_the_wrong_input(

@@ -1,12 +1,18 @@
 """The checkpoint format, written down once, and the helpers that save, find and load it.
 
 A run folder ``checkpoints/<experiment_name>/`` holds ``last_model.pth`` (after every epoch),
-``best_model.pth`` (lowest validation RMSE), ``config.json``, ``metrics.json`` and validation
-pictures. A checkpoint file is a plain dict (:class:`Checkpoint`) of tensors and Python scalars,
+``best_model.pth`` (lowest validation RMSE), ``config.json``, ``metrics.json``, validation
+pictures and, once evaluated, ``eval_<split>/`` (:data:`RUN_FILES`, :func:`clear_run_folder`).
+A checkpoint file is a plain dict (:class:`Checkpoint`) of tensors and Python scalars,
 strings, lists and dicts only, so it loads with ``torch.load(..., weights_only=True)`` — a
-checkpoint can never run code on load. Every file is written to a temporary file in the same
-folder and moved over the old one with ``os.replace``, so a kill during a save leaves the previous
-file intact and loadable.
+checkpoint can never run code on load. Every file is written to a temporary file
+``.<name>.<random>.tmp`` in the same folder and moved over the old one with ``os.replace``, so a
+kill during a save leaves the previous file intact and loadable (and at worst a temporary file,
+which the next run in that folder removes).
+
+Finite or nothing: :func:`save_checkpoint` refuses a checkpoint holding a NaN or infinite tensor,
+and :func:`load_model` (behind ``evaluate.py``, ``predict.py`` and the distillation teacher)
+refuses weights holding one, so a diverged run can never be stored or used as a good one.
 
 Problems with a checkpoint file raise :class:`datasets.errors.DataError` (one line naming the file),
 the project's single "bad file on disk" error.
@@ -17,21 +23,34 @@ import json
 import math
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, TypedDict
+from typing import (
+    Any, Callable, Dict, Iterator, List, NotRequired, Optional, Sequence, Tuple, TypedDict,
+)
 
 import numpy as np
 import torch
 from torch import nn
 
 from datasets.errors import DataError
+from training.errors import TrainingError
 
 FORMAT_VERSION = 1
 LAST_CHECKPOINT = "last_model.pth"
 BEST_CHECKPOINT = "best_model.pth"
 CONFIG_FILE = "config.json"
+RESOLVED_CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+VAL_LAST_PICTURE = "val_last.png"
+VAL_BEST_PICTURE = "val_best.png"
+# The files a training run writes into its folder (what --overwrite clears).
+RUN_FILES = (LAST_CHECKPOINT, BEST_CHECKPOINT, CONFIG_FILE, RESOLVED_CONFIG_FILE, METRICS_FILE,
+             VAL_LAST_PICTURE, VAL_BEST_PICTURE)
+# ``evaluate.py``'s default output: ``<run folder>/eval_<split>/`` with these files.
+EVALUATION_PREFIX = "eval_"
+PER_IMAGE_FILE = "per_image.csv"
+EVALUATION_FILES = (METRICS_FILE, PER_IMAGE_FILE)
 LATEST = "latest"
 
 
@@ -56,6 +75,8 @@ class Checkpoint(TypedDict):
         history: one record per epoch so far (what ``metrics.json`` lists).
         rng: random states (:func:`capture_rng_state`).
         args: the run's resolved command-line arguments.
+        identity: the run's :func:`training.identity.run_identity` (absent in checkpoints written
+            before runs recorded one; they still load).
     """
 
     format_version: int
@@ -74,10 +95,13 @@ class Checkpoint(TypedDict):
     history: List[Dict[str, Any]]
     rng: Dict[str, Any]
     args: Dict[str, Any]
+    identity: NotRequired[Dict[str, Any]]
 
 
 def atomic_write(path: "str | os.PathLike[str]", write: Callable[[Path], None]) -> None:
     """Write a file so that readers see either the old complete file or the new complete one.
+
+    The file gets the usual permissions of a new file (0666 less the umask).
 
     Args:
         path: destination.
@@ -85,9 +109,9 @@ def atomic_write(path: "str | os.PathLike[str]", write: Callable[[Path], None]) 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # Not tempfile.mkstemp: it creates the file 0600 whatever the umask.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -114,9 +138,108 @@ def write_json(path: "str | os.PathLike[str]", data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def remove_temporaries(folder: "str | os.PathLike[str]", names: Sequence[str]) -> List[Path]:
+    """Delete what killed :func:`atomic_write` calls left for ``names`` in ``folder``.
+
+    Only files named ``.<name>.<anything>.tmp`` for one of ``names`` are touched.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def clear_run_folder(run_dir: "str | os.PathLike[str]") -> List[Path]:
+    """Delete a previous run's files from ``run_dir``: :data:`RUN_FILES`, their leftover
+    temporaries, and the files of ``evaluate.py``'s default ``eval_<split>/`` folders (a folder
+    left empty goes too). Anything else, and ``run_dir`` itself, is left alone.
+
+    Returns:
+        The files removed.
+    """
+    run_dir = Path(run_dir)
+    removed = remove_temporaries(run_dir, RUN_FILES)
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            (run_dir / name).unlink()
+            removed.append(run_dir / name)
+    for folder in sorted(p for p in run_dir.glob(f"{EVALUATION_PREFIX}*") if p.is_dir()):
+        removed += remove_temporaries(folder, EVALUATION_FILES)
+        for name in EVALUATION_FILES:
+            if (folder / name).is_file():
+                (folder / name).unlink()
+                removed.append(folder / name)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
+def _floating_tensors(tree: Any, prefix: str) -> Iterator[Tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for every floating-point tensor of nested dicts/lists/tuples."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() or tree.is_complex():
+            yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from _floating_tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+def non_finite_tensors(tree: Any) -> List[str]:
+    """Dotted names (e.g. ``model_state.head.weight``) of the floating-point tensors of a nested
+    dict/list (a state dict, a checkpoint...) that hold a NaN or an infinity, in their order.
+
+    One host synchronisation per device, not one per tensor.
+    """
+    named = list(_floating_tensors(tree, ""))
+    finite = [True] * len(named)
+    for device in {tensor.device for _, tensor in named}:
+        positions = [i for i, (_, tensor) in enumerate(named) if tensor.device == device]
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in positions]).tolist()
+        for i, flag in zip(positions, flags):
+            finite[i] = flag
+    return [name for (name, _), ok in zip(named, finite) if not ok]
+
+
+def describe_names(names: List[str]) -> str:
+    """``"a"``, or ``"a and 3 more"``: a one-line mention of a list of tensor names."""
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+
+
 def save_checkpoint(path: "str | os.PathLike[str]", checkpoint: Checkpoint) -> None:
-    """Atomically ``torch.save`` a :class:`Checkpoint`."""
+    """Atomically ``torch.save`` a :class:`Checkpoint` whose tensors are all finite.
+
+    Raises:
+        TrainingError: a tensor (weights, extra states, optimizer state...) holds NaN or
+            infinity; nothing is written.
+    """
+    bad = non_finite_tensors(checkpoint)
+    if bad:
+        raise TrainingError(f"{path}: not written: non-finite values in {describe_names(bad)}")
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def check_finite(tree: Any, path: "str | os.PathLike[str]", what: str = "values") -> None:
+    """Raise :class:`DataError` naming ``path`` when a tensor of ``tree`` (a loaded checkpoint or
+    a part of it) is not finite: a diverged run's checkpoint, written before saves refused them.
+
+    Args:
+        tree: what to check.
+        path: the checkpoint's file, for the message.
+        what: what ``tree`` holds, for the message (``"weights"``...).
+    """
+    bad = non_finite_tensors(tree)
+    if bad:
+        raise DataError(path, f"holds non-finite {what} ({describe_names(bad)}): the run had "
+                              "diverged; use a checkpoint from before")
 
 
 def load_checkpoint(path: "str | os.PathLike[str]",
@@ -193,11 +316,13 @@ def load_model(
         The model in eval mode.
 
     Raises:
-        DataError: the checkpoint holds another model than ``expected_name``.
+        DataError: the checkpoint holds another model than ``expected_name``, or weights that
+            are not all finite.
     """
     from models import build_model
 
     check_model_name(checkpoint, expected_name, path)
+    check_finite(checkpoint["model_state"], path, "weights")
     model = build_model(checkpoint["model_name"], **checkpoint["model_config"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval()

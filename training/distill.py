@@ -40,6 +40,7 @@ from models import RGBDepthModel, build_model
 from models.blocks import DECODER_KEYS, FEATURE_KEYS
 from training.checkpoint import load_checkpoint, load_model
 from training.engine import Batch, DepthTask, with_total
+from training.identity import checkpoint_fingerprint
 
 MATCHINGS = ("mse", "cosine", "attention")
 DEPTH_KD_KINDS = ("l1", "l2")
@@ -331,6 +332,11 @@ class DistillationTask(DepthTask):
     training steps (forward passes in train mode); a resumed run sets :attr:`step` from the
     checkpoint's ``global_step``.
 
+    :attr:`teacher_fingerprint` is :func:`training.identity.checkpoint_fingerprint` of the
+    teacher's checkpoint, computed from the teacher's own name, config and weights (equal to the
+    fingerprint of the file it was loaded from); the engine records it in the run identity, so a
+    student trained with another teacher is never taken for this one.
+
     Args:
         student: the binaural model (reads ``audio``).
         teacher: the frozen RGB model (reads ``rgb``), e.g. from :func:`load_teacher`.
@@ -369,6 +375,9 @@ class DistillationTask(DepthTask):
             raise ValueError(f"feature matching must be one of {MATCHINGS}, got {matching!r}")
         schedule_factor(schedule, 0.0, ramp_steps)  # validates both before any training
         self.teacher = teacher.requires_grad_(False).eval()
+        self.teacher_fingerprint = checkpoint_fingerprint({
+            "model_name": teacher.model_name, "model_config": teacher.config,
+            "model_state": teacher.state_dict()})
         self.depth_weight = depth_weight
         self.feature_weight = feature_weight
         levels = tuple(feature_levels) if feature_weight > 0 else ()

@@ -17,6 +17,8 @@ Subclass :class:`Task` (or :class:`DepthTask`, to reuse the supervised terms):
   metrics score; ``losses`` maps names to scalar tensors, already weighted, and ``"total"`` is the
   one optimised (:func:`with_total` adds it as the sum of the others). Each term is logged on its
   own: tqdm postfix, ``metrics.json`` history, W&B;
+* a task that learns from a teacher sets ``teacher_fingerprint``
+  (:func:`training.identity.checkpoint_fingerprint` of the teacher), part of the run identity;
 * any other child module with trainable parameters (e.g. distillation adapters) joins the
   optimizer and is checkpointed under its attribute name; a child whose parameters are all frozen
   (``requires_grad_(False)``, e.g. a teacher) stays out of both and is kept in eval mode.
@@ -32,8 +34,24 @@ schedule stepped per batch and built for the whole ``--nb_epochs`` horizon (also
 cut short with ``--stop_after_epochs``), ``last_model.pth`` after every epoch and
 ``best_model.pth`` at each new best validation RMSE, and exact resume: with ``--deterministic``
 on CPU, stopping after epoch k and resuming gives bit-identical weights to an uninterrupted run.
-A non-finite loss stops the run before the optimizer step, with one line saying where; the last
-checkpoint on disk is the last good one.
+
+Finite or nothing: every step checks that the loss terms and the total gradient norm are finite
+before the optimizer step (under fp16 loss scaling an infinite gradient is the scaler's cue to
+skip the step and lower the scale, not an error); every epoch checks the weights, buffers and
+optimizer state before validating, and the validation losses and metrics before saving. The
+first non-finite value stops the run with one line saying where it was seen and which checkpoint
+is the last good one; nothing non-finite is ever written
+(:func:`training.checkpoint.save_checkpoint` refuses it too).
+
+The run folder: a run started with ``--overwrite`` first deletes the previous run's files
+(:func:`training.checkpoint.clear_run_folder`), and every run deletes the temporary files that
+killed saves left. ``best_model.pth`` is saved from the same checkpoint object as
+``last_model.pth``, right after it. A resumed run checks that ``best_model.pth`` holds the epoch
+that ``last_model.pth`` records as best: when that epoch is the last one (a kill between the two
+saves), ``best_model.pth`` is rewritten from it; otherwise the stale file is deleted with a
+warning and written again at the next new best. The run identity (:mod:`training.identity`) goes
+into ``config.json`` and every checkpoint; a resume that changes the data, the kind of run or the
+distillation settings is refused.
 """
 from __future__ import annotations
 
@@ -56,13 +74,16 @@ from torch.utils.data import DataLoader, default_collate
 from datasets.errors import DataError
 from datasets.sample import DEPTH, RGB, VALID
 from training.checkpoint import (
-    BEST_CHECKPOINT, CONFIG_FILE, FORMAT_VERSION, LAST_CHECKPOINT, Checkpoint, atomic_write,
-    capture_rng_state, restore_rng_state, save_checkpoint, write_json,
+    BEST_CHECKPOINT, CONFIG_FILE, FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE, RUN_FILES,
+    VAL_BEST_PICTURE, VAL_LAST_PICTURE, Checkpoint, atomic_write, capture_rng_state, check_finite,
+    clear_run_folder, describe_names, load_checkpoint, non_finite_tensors, remove_temporaries,
+    restore_rng_state, save_checkpoint, write_json,
 )
-from training.cli import Run
+from training.cli import Run, write_resolved_config
 from training.data import Data, mirror_batch, mirror_flags
 from training.device import DistContext
-from training.errors import TrainingError
+from training.errors import TrainingError, UsageError
+from training.identity import resume_differences, run_identity
 from training.losses import edge_aware_smoothness, get_criterion
 from training.metrics import DepthMetrics, format_metrics
 from training.tracking import Tracker, progress, save_validation_picture
@@ -73,10 +94,12 @@ TOTAL = "total"
 
 class Task(nn.Module):
     """What the engine trains (see the module docstring). Subclasses set ``model`` and
-    ``input_key`` and implement ``forward(batch) -> (depth, losses)``."""
+    ``input_key`` and implement ``forward(batch) -> (depth, losses)``; a task with a teacher sets
+    ``teacher_fingerprint``."""
 
     model: nn.Module
     input_key: str
+    teacher_fingerprint: Optional[str] = None
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -277,13 +300,36 @@ class TrainState:
     history: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def write_run_config(run: Run, model: nn.Module) -> None:
-    """``config.json``: every resolved argument and the model's name and constructor kwargs."""
+def write_run_config(run: Run, model: nn.Module, identity: Dict[str, Any]) -> None:
+    """``config.json`` (every resolved argument, the model's name and constructor kwargs, and the
+    run identity of :func:`training.identity.run_identity`) and ``config.yaml`` (the resolved
+    flags, which ``--config`` accepts to repeat the run)."""
     write_json(run.run_dir / CONFIG_FILE, {
         "model": {"name": model.model_name, "config": model.config},
-        "args": vars(run.args), "world_size": run.context.world_size,
+        "args": vars(run.args), "identity": identity, "world_size": run.context.world_size,
         "torch_version": torch.__version__,
     })
+    write_resolved_config(run.run_dir / RESOLVED_CONFIG_FILE, run.args)
+
+
+def continues_own_folder(run: Run) -> bool:
+    """Whether ``run`` resumes a checkpoint of its own run folder."""
+    return (run.checkpoint_path is not None
+            and run.checkpoint_path.parent.resolve() == run.run_dir.resolve())
+
+
+def _best_file_agrees(path: Path, record: Checkpoint) -> bool:
+    """Whether ``path`` holds the epoch that ``record`` (a ``last_model.pth``) names as its best:
+    that epoch of the same run (the history up to it, timings included, is identical); with no
+    best epoch yet, whether there is no such file."""
+    if record["best_epoch"] == 0:
+        return not path.exists()
+    try:
+        best = load_checkpoint(path)
+    except DataError:
+        return False
+    return (best["epoch"] == record["best_epoch"]
+            and best["history"] == record["history"][: record["best_epoch"]])
 
 
 class Trainer:
@@ -291,13 +337,29 @@ class Trainer:
     alternates :meth:`train_epoch` and :meth:`end_epoch` (validate, save, log)."""
 
     def __init__(self, task: Task, data: Data, run: Run) -> None:
+        """Set the run up; nothing is written yet.
+
+        Raises:
+            UsageError: resuming a run whose data, kind or distillation settings differ.
+            DataError: the resumed checkpoint holds non-finite values or lacks a task module.
+        """
         self.data, self.run, self.args = data, run, run.args
         self.context, self.device = run.context, run.device
+        self.identity = run_identity(vars(self.args), run.flag_groups, run.kind,
+                                     task.model.model_name, data.data_fingerprint,
+                                     task.teacher_fingerprint)
+        if run.checkpoint is not None and "identity" in run.checkpoint:
+            differences = resume_differences(run.checkpoint["identity"], self.identity)
+            if differences:
+                raise UsageError(f"{run.checkpoint_path}: cannot resume: "
+                                 f"{'; '.join(differences)} (start a new run or use --overwrite)")
         task.to(self.device)
         if self.args.sync_bn and self.context.distributed and self.device.type == "cuda":
             task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
         self.task = task
-        self.parameters = [p for p in task.parameters() if p.requires_grad]
+        named = [(name, p) for name, p in task.named_parameters() if p.requires_grad]
+        self.parameter_names = [name for name, _ in named]
+        self.parameters = [p for _, p in named]
         self.optimizer = build_optimizer(self.args, self.parameters)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(self.args, len(data.train_loader)))
@@ -305,6 +367,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.autocast_dtype == torch.float16)
         self.state = self._restore() if run.checkpoint else TrainState()
+        # What a stopped run names as its last good checkpoint: (file, epoch), or None.
+        self.last_good: Optional[Tuple[Path, int]] = (
+            (run.checkpoint_path, self.state.epoch) if run.checkpoint_path else None)
         # What the training step calls: the task itself, or its DDP wrapper under torchrun.
         self.step_module: nn.Module = task
         if self.context.distributed:
@@ -319,7 +384,8 @@ class Trainer:
         """Load the resumed checkpoint into the task and the optimisation state (the random
         state is restored by :meth:`fit`, right before the first epoch)."""
         checkpoint, args = self.run.checkpoint, self.args
-        assert checkpoint is not None
+        assert checkpoint is not None and self.run.checkpoint_path is not None
+        check_finite(checkpoint, self.run.checkpoint_path)
         self.task.model.load_state_dict(checkpoint["model_state"])
         for name, child in trainable_children(self.task).items():
             if name not in checkpoint["extra_states"]:
@@ -345,8 +411,8 @@ class Trainer:
         """See :func:`fit`."""
         args, state, main = self.args, self.state, self.context.is_main
         if main:
-            self.run.run_dir.mkdir(parents=True, exist_ok=True)
-            write_run_config(self.run, self.task.model)
+            self._prepare_run_folder()
+            write_run_config(self.run, self.task.model, self.identity)
             if state.epoch >= args.nb_epochs:
                 print(f"{self.run.run_dir} has already trained {state.epoch} epochs (--nb_epochs "
                       f"{args.nb_epochs}); pass a larger --nb_epochs to continue")
@@ -361,15 +427,63 @@ class Trainer:
             train_means = self.train_epoch(epoch)
             metrics = self.end_epoch(train_means, started)
         self.tracker.finish()
+        # No rank returns (and tears the process group down) while rank 0 still writes.
+        self.context.barrier()
         return {"run_dir": self.run.run_dir, "epoch": state.epoch, "best_rmse": state.best_score,
                 "best_epoch": state.best_epoch, "last_metrics": metrics}
+
+    def _prepare_run_folder(self) -> None:
+        """(Rank 0) Create the run folder, delete what killed saves left in it, clear a previous
+        run's files under ``--overwrite`` (unless the run continues its own folder), and make
+        ``best_model.pth`` agree with a resumed checkpoint."""
+        run = self.run
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run.run_dir, RUN_FILES)
+        if self.args.overwrite and not continues_own_folder(run):
+            removed = clear_run_folder(run.run_dir)
+            if removed:
+                names = sorted({str(path.relative_to(run.run_dir)) for path in removed})
+                print(f"--overwrite: removed the previous run's {', '.join(names)} from "
+                      f"{run.run_dir}")
+        if run.checkpoint is not None:
+            self._repair_best()
+
+    def _repair_best(self) -> None:
+        """Make ``best_model.pth`` hold the best epoch that the resumed checkpoint records:
+        rewritten from that checkpoint when it is that epoch (a kill between the two saves of an
+        epoch, or a run resumed into another folder); otherwise a stale file is deleted, with a
+        warning, and ``best_model.pth`` is written again at the next new best."""
+        record, source, run = self.run.checkpoint, self.run.checkpoint_path, self.run
+        assert record is not None
+        best = run.run_dir / BEST_CHECKPOINT
+        if _best_file_agrees(best, record):
+            return
+        if record["best_epoch"] == record["epoch"]:
+            save_checkpoint(best, record)
+            if self.args.num_val_images > 0:
+                headline = format_metrics(record["metrics"], ("rmse", "abs_rel", "delta1"))
+                self._draw_pictures(run.run_dir / VAL_BEST_PICTURE,
+                                    f"{self.args.experiment_name}, epoch {record['epoch']}: "
+                                    f"val {headline}")
+            print(f"{best} did not hold the best epoch {record['best_epoch']} that {source} "
+                  "records: rewritten from it")
+            return
+        stale = best.exists()
+        best.unlink(missing_ok=True)
+        (run.run_dir / VAL_BEST_PICTURE).unlink(missing_ok=True)
+        wanted = (f"epoch {record['best_epoch']}, val rmse {record['best_score']:.4f}"
+                  if record["best_epoch"] else "none yet")
+        print(f"warning: {best} does not hold the best epoch that {source} records ({wanted}), "
+              f"which cannot be rebuilt{'; the stale file is deleted' if stale else ''}; it is "
+              "written again at the next new best")
 
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         """One pass over this rank's training shard; returns each loss term's mean over the
         epoch's samples, reduced over ranks.
 
         Raises:
-            TrainingError: a non-finite loss term (on any rank), before the optimizer step.
+            TrainingError: a non-finite loss term or gradient norm (on any rank), before the
+                optimizer step.
         """
         args, state, device = self.args, self.state, self.device
         self.data.train_sampler.set_epoch(epoch)
@@ -389,13 +503,12 @@ class Trainer:
                 _, losses = self.step_module(batch)
             names = list(losses)
             values = torch.stack([losses[k].detach().double() for k in names])
-            if _sum_over_ranks((~torch.isfinite(values)).any().double(), self.context).item():
-                raise TrainingError(self._non_finite_message(names, values, epoch))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses[TOTAL]).backward()
-            if args.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.parameters, args.grad_clip)
+            grad_norm = self._gradient_norm()
+            self._check_step(names, values, grad_norm, epoch)
+            if args.grad_clip > 0 and grad_norm is not None:
+                nn.utils.clip_grads_with_norm_(self.parameters, args.grad_clip, grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -412,23 +525,94 @@ class Trainer:
         means = _sum_over_ranks(sums, self.context) / _sum_over_ranks(count, self.context)
         return dict(zip(names, means.tolist()))
 
-    def _non_finite_message(self, names: List[str], values: torch.Tensor, epoch: int) -> str:
-        terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
-        kept = (f"the last good checkpoint {self.run.run_dir / LAST_CHECKPOINT} "
-                f"(epoch {self.state.epoch}) is kept" if self.state.epoch > 0
-                else "no checkpoint had been written yet")
-        return (f"non-finite loss at epoch {epoch + 1}, step {self.state.global_step + 1} "
-                f"({terms}); stopped, {kept}")
+    def _gradient_norm(self) -> Optional[torch.Tensor]:
+        """The total L2 norm of the (unscaled) gradients; ``None`` under fp16 loss scaling
+        without clipping, where nothing needs it (the scaler checks its gradients itself)."""
+        if self.scaler.is_enabled():
+            if self.args.grad_clip <= 0:
+                return None
+            self.scaler.unscale_(self.optimizer)
+        return nn.utils.get_total_norm([p.grad for p in self.parameters if p.grad is not None])
+
+    def _check_step(self, names: List[str], values: torch.Tensor,
+                    grad_norm: Optional[torch.Tensor], epoch: int) -> None:
+        """Stop on a non-finite loss term or gradient norm on any rank (one synchronisation).
+
+        Raises:
+            TrainingError: saying which term, or the first parameter with a non-finite gradient.
+        """
+        loss_bad = ~torch.isfinite(values).all()
+        # Under fp16 loss scaling an infinite gradient means "skip this step, lower the scale".
+        grad_bad = torch.zeros((), dtype=torch.bool, device=values.device)
+        if grad_norm is not None and not self.scaler.is_enabled():
+            grad_bad = ~torch.isfinite(grad_norm.to(values.device))
+        flags = _sum_over_ranks(torch.stack([loss_bad, grad_bad]).double(),
+                                self.context).tolist()
+        where = f"at epoch {epoch + 1}, step {self.state.global_step + 1}"
+        if flags[0]:
+            terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
+            raise self._stopped(f"non-finite loss {where} ({terms})")
+        if flags[1]:
+            assert grad_norm is not None
+            first = next((name for name, p in zip(self.parameter_names, self.parameters)
+                          if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+            seen = (f"first in {first}" if first is not None
+                    else "every gradient finite, their norm overflowed")
+            raise self._stopped(f"non-finite gradient {where} ({seen}; total norm "
+                                f"{float(grad_norm):.4g})")
+
+    def _stopped(self, what: str) -> TrainingError:
+        """The error that stops the run: ``what`` happened, and which checkpoint is the last
+        good one."""
+        if self.last_good is None:
+            kept = "no checkpoint has been written yet"
+        else:
+            kept = f"the last good checkpoint is {self.last_good[0]} (epoch {self.last_good[1]})"
+        return TrainingError(f"{what}; stopped, {kept}")
+
+    def _saved_states(self) -> Dict[str, Any]:
+        """The tensors a checkpoint stores: model, trainable extra modules, optimizer state."""
+        return {"model_state": self.task.model.state_dict(),
+                "extra_states": {name: child.state_dict()
+                                 for name, child in trainable_children(self.task).items()},
+                "optimizer_state": self.optimizer.state_dict()}
+
+    def _check_finite_state(self, epoch: int) -> None:
+        """Stop when a weight, buffer or optimizer state that a checkpoint would store is not
+        finite on any rank (once per epoch: the per-step checks see the loss and gradients).
+
+        Raises:
+            TrainingError: naming the first such tensor.
+        """
+        bad = non_finite_tensors(self._saved_states())
+        flag = torch.tensor(float(bool(bad)), dtype=torch.float64, device=self.device)
+        if _sum_over_ranks(flag, self.context).item():
+            seen = f": {describe_names(bad)}" if bad else " on another rank"
+            raise self._stopped(f"non-finite values after epoch {epoch + 1} (step "
+                                f"{self.state.global_step}){seen}")
 
     def end_epoch(self, train_means: Dict[str, float], started: float) -> Dict[str, Any]:
-        """Validate, then (rank 0) save ``last_model.pth`` (and ``best_model.pth`` on a new best
-        RMSE), ``metrics.json`` and the pictures. Returns the validation metrics."""
+        """Check the state, validate, then (rank 0) save ``last_model.pth`` (and
+        ``best_model.pth`` on a new best RMSE), ``metrics.json`` and the pictures. Returns the
+        validation metrics.
+
+        Raises:
+            TrainingError: a non-finite weight, buffer or optimizer state, or a non-finite
+                validation loss or metric; nothing of this epoch is written.
+        """
         args, state, run = self.args, self.state, self.run
         _sync_buffers(self.task, self.context)
+        self._check_finite_state(state.epoch)
         metrics = DepthMetrics(args.valid_threshold, device=self.device)
         val_losses = validate(self.task, self.data.val_loader, self.device, metrics, self.context,
                               self.autocast_dtype)
         scores = metrics.compute()
+        # Reduced over ranks, so every rank decides alike.
+        non_finite = [f"{name}={value}" for name, value in {**val_losses, **scores}.items()
+                      if isinstance(value, float) and not math.isfinite(value)]
+        if non_finite:
+            raise self._stopped(f"non-finite validation after epoch {state.epoch + 1} "
+                                f"({', '.join(non_finite)})")
         state.epoch += 1
         improved = scores["rmse"] is not None and scores["rmse"] < state.best_score
         if improved:
@@ -438,20 +622,25 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2),
             "train": train_means, "val": scores, "val_loss": val_losses,
         })
+        last = run.run_dir / LAST_CHECKPOINT
         if not self.context.is_main:
+            self.last_good = (last, state.epoch)
             return scores
-        save_checkpoint(run.run_dir / LAST_CHECKPOINT, self._checkpoint(scores))
+        checkpoint = self._checkpoint(scores)
+        save_checkpoint(last, checkpoint)
+        self.last_good = (last, state.epoch)
+        if improved:  # right after last_model.pth: see _repair_best for a kill in between
+            save_checkpoint(run.run_dir / BEST_CHECKPOINT, checkpoint)
         self.tracker.log_epoch(state.history, {"epoch": state.best_epoch, "rmse": state.best_score})
         headline = format_metrics(scores, ("rmse", "abs_rel", "delta1"))
-        copies_if_best = [(LAST_CHECKPOINT, BEST_CHECKPOINT)]
         if args.num_val_images > 0:
-            self._draw_pictures(run.run_dir / "val_last.png",
+            picture = run.run_dir / VAL_LAST_PICTURE
+            self._draw_pictures(picture,
                                 f"{args.experiment_name}, epoch {state.epoch}: val {headline}")
-            copies_if_best.append(("val_last.png", "val_best.png"))
-        if improved:
-            for source, target in copies_if_best:
-                atomic_write(run.run_dir / target,
-                             functools.partial(shutil.copyfile, run.run_dir / source))
+            self.tracker.log_picture(picture, "val/pictures")
+            if improved:
+                atomic_write(run.run_dir / VAL_BEST_PICTURE,
+                             functools.partial(shutil.copyfile, picture))
         summary = " ".join(f"{k}={v:.4f}" for k, v in train_means.items())
         print(f"epoch {state.epoch}/{args.nb_epochs} train {summary} | val {headline}"
               f"{' (best)' if improved else ''}")
@@ -461,14 +650,12 @@ class Trainer:
         task, state = self.task, self.state
         return Checkpoint(
             format_version=FORMAT_VERSION, model_name=task.model.model_name,
-            model_config=task.model.config, model_state=task.model.state_dict(),
-            extra_states={name: child.state_dict()
-                          for name, child in trainable_children(task).items()},
-            optimizer_state=self.optimizer.state_dict(),
+            model_config=task.model.config, **self._saved_states(),
             scheduler_state=self.scheduler.state_dict(),
             scaler_state=self.scaler.state_dict(), epoch=state.epoch, global_step=state.global_step,
             best_score=state.best_score, best_epoch=state.best_epoch, metrics=metrics,
             history=state.history, rng=capture_rng_state(), args=vars(self.args).copy(),
+            identity=self.identity,
         )
 
     def _draw_pictures(self, path: Path, title: str) -> None:
@@ -481,7 +668,6 @@ class Trainer:
             depth, _ = self.task(batch)
         save_validation_picture(path, batch[self.task.input_key], batch[DEPTH], depth,
                                 self.data.max_depth, title)
-        self.tracker.log_picture(path, "val/pictures")
 
 
 def fit(task: Task, data: Data, run: Run) -> Dict[str, Any]:
@@ -496,6 +682,8 @@ def fit(task: Task, data: Data, run: Run) -> Dict[str, Any]:
         ``{"run_dir", "epoch", "best_rmse", "best_epoch", "last_metrics"}``.
 
     Raises:
-        TrainingError: a non-finite loss.
+        TrainingError: a non-finite loss, gradient, weight or validation result (see the module
+            docstring); the message names the last good checkpoint.
+        UsageError: resuming with other data, kind or distillation settings.
     """
     return Trainer(task, data, run).fit()
