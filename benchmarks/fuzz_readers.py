@@ -21,6 +21,7 @@ cases per target with the same code.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -72,6 +73,7 @@ class Case:
 
     @property
     def escaped(self) -> bool:
+        """Whether the outcome breaks the promise (neither a correct sample nor a DataError)."""
         return self.outcome not in (OK, DATA_ERROR)
 
 
@@ -111,15 +113,14 @@ def splice(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    with tempfile.TemporaryFile() as f:
-        np.save(f, array)
-        f.seek(0)
-        return f.read()
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def adversarial_audio(data: bytes, rng: np.random.Generator) -> bytes:
     """A V1 ear that is well-formed ``.npy`` but not a usable recording (or a legal odd one)."""
-    ear = np.load(_as_file(data))
+    ear = np.load(io.BytesIO(data))
     choices: List[Callable[[], np.ndarray]] = [
         lambda: _poison(ear, rng, np.nan), lambda: _poison(ear, rng, np.inf),
         lambda: _poison(ear, rng, -np.inf), lambda: ear[:0], lambda: ear[None],
@@ -134,7 +135,7 @@ def adversarial_audio(data: bytes, rng: np.random.Generator) -> bytes:
 def adversarial_depth(data: bytes, rng: np.random.Generator) -> bytes:
     """A depth map that is well-formed ``.npy`` but odd: empty, wrong rank, complex, NaN/inf
     (legal holes), negative or huge values, tiny images."""
-    depth = np.load(_as_file(data))
+    depth = np.load(io.BytesIO(data))
     height, width = depth.shape
     choices: List[Callable[[], np.ndarray]] = [
         lambda: depth[:0], lambda: depth[:, :0], lambda: depth[0], lambda: depth[None],
@@ -146,13 +147,6 @@ def adversarial_depth(data: bytes, rng: np.random.Generator) -> bytes:
         lambda: depth.T, lambda: np.repeat(depth, 3, axis=0),
     ]
     return _npy_bytes(choices[int(rng.integers(len(choices)))]())
-
-
-def _as_file(data: bytes) -> "tempfile.SpooledTemporaryFile[bytes]":
-    f = tempfile.SpooledTemporaryFile()
-    f.write(data)
-    f.seek(0)
-    return f
 
 
 def _poison(array: np.ndarray, rng: np.random.Generator, value: float) -> np.ndarray:
@@ -213,6 +207,7 @@ class Fuzzer:
         self.pristine = {target: path.read_bytes() for target, (_, path) in self.targets.items()}
 
     def dataset(self, fmt: str) -> _BatvisionDataset:
+        """A fresh reader of the ``v1`` or ``v2`` tree (its CSV is parsed again)."""
         reader = BatvisionV1Dataset if fmt == "v1" else BatvisionV2Dataset
         return reader(self.roots[fmt], "train", max_depth=MAX_DEPTH_M, image_size=IMAGE_SIZE,
                       use_rgb=True)

@@ -38,6 +38,7 @@ _DATASET: Optional[_BatvisionDataset] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The validator's flags (one-line argparse errors, exit 2, as every script of the project)."""
     from training.cli import ArgumentParser, positive_float, positive_int
 
     parser = ArgumentParser(__doc__)
