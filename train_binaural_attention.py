@@ -16,7 +16,7 @@ from typing import List, Optional
 from datasets.sample import AUDIO
 from models import build_model
 from training import cli
-from training.data import build_data
+from training.data import build_data, median_valid_depth
 from training.device import shutdown_distributed
 from training.engine import DepthTask, fit
 
@@ -31,7 +31,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     with cli.user_errors():
         run = cli.start_run(build_parser(), argv)
         data = build_data(run.args, run.context, use_rgb=False)
-        model = build_model(run.model_name, **run.model_config())
+        model = build_model(run.model_name, **run.model_config(
+            lambda: median_valid_depth(data.train_loader.dataset)))
         task = DepthTask(model, AUDIO, data.max_depth, run.args.criterion,
                          run.args.smoothness_weight)
         fit(task, data, run)

@@ -22,7 +22,7 @@ from typing import List, Optional
 from models import build_model
 from training import cli
 from training.checkpoint import load_checkpoint
-from training.data import build_data
+from training.data import build_data, median_valid_depth
 from training.device import shutdown_distributed
 from training.distill import DistillationTask, check_teacher_range, load_teacher
 from training.engine import fit
@@ -47,7 +47,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         teacher = load_teacher(args.teacher_checkpoint, args.image_size)
         data = build_data(args, run.context, use_rgb=True)
         check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
-        student = build_model(run.model_name, **run.model_config())
+        student = build_model(run.model_name, **run.model_config(
+            lambda: median_valid_depth(data.train_loader.dataset)))
         task = DistillationTask(
             student, teacher, data.max_depth, args.image_size, criterion=args.criterion,
             smoothness_weight=args.smoothness_weight, depth_weight=args.lambda_depth,

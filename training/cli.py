@@ -21,13 +21,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.distributed as dist
 import yaml
 
 from datasets.errors import DataError
+from models import official_num_downs
 from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS
 from models.blocks import DECODER_KEYS, FEATURE_KEYS, SIZE_MULTIPLE, encoder_channels
 from training.checkpoint import (
@@ -113,6 +114,11 @@ def image_size(text: str) -> int:
     if value % SIZE_MULTIPLE:
         raise argparse.ArgumentTypeError(f"must be divisible by {SIZE_MULTIPLE}, got {text}")
     return value
+
+
+def head_init_depth(text: str) -> "str | float":
+    """argparse type of ``--head_init_depth``: ``median`` or a depth in metres (> 0)."""
+    return text if text == "median" else positive_float(text)
 
 
 def thread_count(text: str) -> str:
@@ -298,6 +304,18 @@ def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
     model.add_argument("--attention_mode", choices=("auto", "global", "time"), default="auto",
                        help="student: auto: global attention at small levels, along time per "
                             "frequency band at large ones")
+    model.add_argument("--decoder", choices=("unet", "query"), default="unet",
+                       help="student: unet: the teacher's U-Net decoder with the fused "
+                            "(spectrogram-grid) skips; query: image-grid queries that "
+                            "cross-attend to the binaural tokens, so d1..d4 are image-grid "
+                            "features")
+    model.add_argument("--input_features", choices=("magnitude", "ild"), default="magnitude",
+                       help="student: what each ear encoder reads: its ear's spectrogram, or "
+                            "that plus the interaural level difference (left - right)")
+    model.add_argument("--head_init_depth", type=head_init_depth, default=None,
+                       help="student: start the depth head at this depth: metres, or 'median' "
+                            "(the training split's median valid depth); None: the middle of "
+                            "the depth range")
 
 
 def add_distillation_args(parser: argparse.ArgumentParser) -> None:
@@ -354,17 +372,30 @@ def model_name_of(args: argparse.Namespace) -> str:
     return getattr(args, "model", None) or KIND_MODELS[args.kind][0]
 
 
-def model_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """Constructor kwargs of the run's model (:func:`model_name_of`) from resolved arguments."""
+def model_config(args: argparse.Namespace,
+                 median_depth: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
+    """Constructor kwargs of the run's model (:func:`model_name_of`) from resolved arguments.
+
+    Args:
+        args: the resolved arguments.
+        median_depth: gives the training split's median valid depth in metres, called only for
+            ``--head_init_depth median``.
+    """
     name = model_name_of(args)
     if name == "rgb_depth":
         return {"base_channels": args.base_channels, "max_depth": args.max_depth}
     if name == "official_unet":
-        return {"ngf": args.base_channels, "image_size": args.image_size,
+        return {"ngf": args.base_channels, "num_downs": official_num_downs(args.image_size),
                 "max_depth": args.max_depth}
+    head_init = args.head_init_depth
+    if head_init == "median":
+        if median_depth is None:
+            raise UsageError("--head_init_depth median needs the training data")
+        head_init = median_depth()
     return {"base_channels": args.base_channels, "attention_levels": args.attention_levels,
             "num_heads": args.num_heads, "attention_mode": args.attention_mode,
-            "max_depth": args.max_depth}
+            "max_depth": args.max_depth, "decoder": args.decoder,
+            "input_features": args.input_features, "head_init_depth": head_init}
 
 
 def _check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -506,13 +537,19 @@ class Run:
     checkpoint: Optional[Checkpoint] = None
     checkpoint_path: Optional[Path] = None
 
-    def model_config(self) -> Dict[str, Any]:
+    def model_config(self, median_depth: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
         """The model's constructor kwargs: from the arguments for a new run, the checkpoint's
-        when resuming (then any value the arguments give differently is an error)."""
-        from_args = model_config(self.args)
+        when resuming (then any value the arguments give differently is an error).
+
+        Args:
+            median_depth: as for :func:`model_config`.
+        """
         if self.checkpoint is None:
-            return from_args
+            return model_config(self.args, median_depth)
         saved = self.checkpoint["model_config"]
+        # The head's starting depth is history once weights exist: not re-derived, not compared.
+        resumed = argparse.Namespace(**{**vars(self.args), "head_init_depth": None})
+        from_args = {k: v for k, v in model_config(resumed).items() if k != "head_init_depth"}
         normalised = json.loads(json.dumps(from_args))
         differing = [f"{k}: run has {saved[k]!r}, command line {normalised[k]!r}"
                      for k in sorted(set(saved) & set(normalised)) if saved[k] != normalised[k]]

@@ -50,7 +50,7 @@ SPLITS = ("train", "val", "test")
 READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
            "synthetic": BatvisionV2Dataset}
 # Which key of the sample dict each model reads.
-MODEL_INPUTS = {"rgb_depth": RGB, "binaural_attention": AUDIO}
+MODEL_INPUTS = {"rgb_depth": RGB, "binaural_attention": AUDIO, "official_unet": AUDIO}
 
 
 def synthetic_world_config(args: argparse.Namespace) -> Any:
@@ -324,3 +324,19 @@ def mirror_flags(batch_size: int, seed: int, global_step: int, rank: int) -> tor
     generator = torch.Generator().manual_seed(int(entropy))
     return torch.rand(batch_size, generator=generator) < 0.5
 
+
+
+def median_valid_depth(dataset: Dataset, max_samples: int = 64) -> float:
+    """Median ground-truth depth in metres over the valid pixels of up to ``max_samples`` samples
+    spread evenly over ``dataset`` (the student's ``--head_init_depth median``).
+
+    Raises:
+        UsageError: no valid pixel in the samples read.
+    """
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).round())
+    depths = [dataset[int(i)][DEPTH] for i in picks]
+    valid = torch.cat([d[d > 0] for d in depths])
+    if valid.numel() == 0:
+        raise UsageError(f"no valid depth pixel in {len(picks)} training samples: cannot "
+                         "initialise the depth head at their median")
+    return float(valid.median())
