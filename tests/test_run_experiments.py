@@ -1,14 +1,42 @@
-"""The experiment runner: the reference rows' priors, and a 1-seed smoke run on a tiny world."""
+"""The experiment table (training/experiments.py): priors, summaries, goal arithmetic, the
+reuse decision, and end to end on a tiny world: runs reused only on a matching identity, and a
+standard-shaped smoke run."""
 from __future__ import annotations
 
 import csv
+import runpy
+import sys
 from pathlib import Path
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import pytest
 import torch
 
-import run_experiments
-from run_experiments import EXPERIMENTS, REFERENCES, depth_priors, evaluate_prior, summarise
+from training import experiments
+from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
+from training.experiments import (
+    AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, RESUME, RETRAIN, REUSE, NEW, decide, depth_priors,
+    evaluate_prior, goal_lines, summarise,
+)
+from training.metrics import METRIC_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+# Tiny recipes: every model at width 4 (the student attends at its two coarsest levels).
+TINY_CONFIGS = {
+    "teacher": "base_channels: 4\n",
+    "student": "base_channels: 4\nattention_levels: [4, 5]\n",
+    "kd": "base_channels: 4\nattention_levels: [4, 5]\nlambda_depth: 1\n",
+    "official_unet": "model: official_unet\nbase_channels: 4\nrecipe: official\n",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core CPU run far faster on one intra-op thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _sample(location: str, depth: float) -> dict:
@@ -17,7 +45,7 @@ def _sample(location: str, depth: float) -> dict:
     return {"depth": gt, "valid": gt > 0, "meta": {"location": location}}
 
 
-def test_priors_are_per_pixel_means_of_valid_ground_truth() -> None:
+def test_priors_are_per_pixel_means_of_valid_ground_truth_scored_under_both_protocols() -> None:
     train = [_sample("A", 2.0), _sample("A", 4.0), _sample("B", 8.0)]
     overall, by_location = depth_priors(train, batch_size=2)
     assert torch.allclose(overall[0, 1:, 1:], torch.tensor(14.0 / 3))
@@ -26,45 +54,263 @@ def test_priors_are_per_pixel_means_of_valid_ground_truth() -> None:
     assert by_location["B"][0, 0, 0].item() == pytest.approx(14.0 / 3)
 
     test = [_sample("A", 3.0), _sample("B", 8.0)]
-    exact = evaluate_prior(test, lambda location: by_location[location], batch_size=2)
-    blind = evaluate_prior(test, lambda location: overall, batch_size=2)
-    assert exact["rmse"] == pytest.approx(0.0, abs=1e-6) and exact["n_images"] == 2
-    assert blind["rmse"] > 1.0
+    exact, n_images = evaluate_prior(test, lambda location: by_location[location], batch_size=2)
+    assert n_images == 2 and set(exact) == {"official", "bv2_min0.5"}
+    assert exact["official"]["rmse"] == pytest.approx(0.0, abs=1e-6)
+    blind, _ = evaluate_prior(test, lambda location: overall, batch_size=2)
+    # Per image |gt - 14/3|: 5/3 m (A) and 10/3 m (B), mean 2.5 m. Every valid pixel is
+    # >= 0.5 m, so the second protocol scores the same pixels.
+    assert blind["official"]["mae"] == pytest.approx(2.5)
+    assert blind["bv2_min0.5"]["mae"] == pytest.approx(2.5)
+
+
+def test_second_protocol_drops_ground_truth_below_half_a_metre() -> None:
+    near = _sample("A", 0.4)   # 15 pixels at 0.4 m: scored by gt > 0 only
+    near["depth"][0, 3, 3] = 2.0
+    results, _ = evaluate_prior([near], lambda location: torch.full((1, 4, 4), 2.0), 1)
+    # gt > 0: 14 pixels off by 1.6 m and one exact; gt >= 0.5: only the exact pixel.
+    assert results["official"]["mae"] == pytest.approx(14 * 1.6 / 15)
+    assert results["bv2_min0.5"]["mae"] == pytest.approx(0.0)
 
 
 def test_summary_gives_mean_and_sample_std_over_seeds() -> None:
-    rows = [{"experiment": "audio_only", "label": "audio", "rmse": r, **{m: 0.0 for m in
-             ("abs_rel", "log10", "mae", "delta1", "delta2", "delta3")}} for r in (1.0, 2.0, 3.0)]
-    (entry,) = summarise(rows)
-    assert entry["n"] == 3
+    rows = [{"experiment": AUDIO_ONLY, "label": "audio", "rmse": r, "train_seconds": 10.0 * r,
+             "params": 7} for r in (1.0, 2.0, 3.0)]
+    (entry,) = summarise(rows, [AUDIO_ONLY, "absent"])
+    assert entry["n"] == 3 and entry["params"] == 7
     assert entry["rmse"] == pytest.approx(2.0) and entry["rmse_std"] == pytest.approx(1.0)
+    assert entry["train_seconds"] == pytest.approx(20.0)
+    assert entry["abs_rel"] is None and entry["rmse@bv2_min0.5"] is None  # never scored
+
+
+def _entry(name: str, rmse: float, std: "float | None" = None, seconds: float = 100.0,
+           n: int = 3) -> Dict[str, object]:
+    return {"experiment": name, "label": name, "rmse": rmse, "rmse_std": std,
+            "train_seconds": seconds, "n": n}
+
+
+def test_quick_goal_line_compares_the_best_audio_row_with_the_official_unet() -> None:
+    summary = [_entry("rgb_teacher", 0.2), _entry(OFFICIAL_UNET, 0.655),
+               _entry(AUDIO_ONLY, 0.700), _entry("kd", 0.612),
+               _entry("location_mean_depth_map", 0.650)]
+    lines = goal_lines(summary, "quick")
+    # The teacher (0.2) is not an audio row; the best audio row is the KD one.
+    assert lines[0] == ("- Best audio row beats the official U-Net row of the same run: yes "
+                        "(0.612 vs 0.655 m test RMSE; best audio row: kd).")
+    assert lines[1] == "- Audio rows below the per-location mean depth map (0.650 m): 1 of 2."
+    summary[3] = _entry("kd", 0.660)
+    assert goal_lines(summary, "quick")[0].startswith(
+        "- Best audio row beats the official U-Net row of the same run: no (0.660 vs 0.655")
+
+
+def test_standard_goal_lines_on_hand_made_numbers() -> None:
+    summary = [_entry(OFFICIAL_UNET, 0.800, 0.01, seconds=400.0),
+               _entry(AUDIO_ONLY, 0.700, 0.020, seconds=500.0),
+               _entry("kd_depth", 0.650, 0.010), _entry("kd", 0.660, 0.001)]
+    lines = goal_lines(summary, "standard")
+    assert lines == [
+        # 0.700 / 0.800 = 0.875 <= 0.90
+        "- Audio-only RMSE <= 0.90 x the official U-Net's: met (0.700 vs 0.800 m, ratio 0.875).",
+        # 500 / 400 = 1.25 <= 1.5
+        "- Audio-only training time <= 1.5 x the official U-Net's: met (500 vs 400 s, "
+        "ratio 1.25).",
+        # best KD = kd_depth: 0.650 / 0.800 = 0.8125 > 0.80
+        "- Best KD RMSE <= 0.80 x the official U-Net's: not met (0.650 vs 0.800 m, ratio 0.812; "
+        "best KD: kd_depth).",
+        # gain 0.05 > 2 x max(0.020, 0.010) = 0.04
+        "- KD gain larger than 2 x the larger seed std: met (gain 0.700 - 0.650 = 0.050 m vs "
+        "2 x 0.020 = 0.040 m, 3 seeds).",
+    ]
+    summary[1] = _entry(AUDIO_ONLY, 0.740, 0.030, seconds=700.0)  # 0.925 x; 1.75 x; 0.09 > 0.06
+    lines = goal_lines(summary, "standard")
+    assert lines[0].startswith("- Audio-only RMSE <= 0.90 x the official U-Net's: not met")
+    assert lines[1].startswith("- Audio-only training time <= 1.5 x the official U-Net's: not met")
+    assert "met (gain 0.740 - 0.650 = 0.090 m vs 2 x 0.030 = 0.060 m" in lines[3]
+    summary[1] = _entry(AUDIO_ONLY, 0.700, 0.040)  # gain 0.05 < 2 x 0.040
+    assert "not met (gain" in goal_lines(summary, "standard")[3]
+    one_seed = [_entry(OFFICIAL_UNET, 0.8, n=1), _entry(AUDIO_ONLY, 0.7, n=1),
+                _entry("kd", 0.6, n=1)]
+    assert goal_lines(one_seed, "standard")[-1] == (
+        "- KD gain larger than 2 x the seed spread: not measurable with one seed (gain 0.100 m).")
+
+
+def _write_checkpoint(run_dir: Path, identity: "dict | None", epoch: int, nb_epochs: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format_version": FORMAT_VERSION, "model_name": "rgb_depth", "model_config": {},
+                  "model_state": {}, "epoch": epoch, "args": {"nb_epochs": nb_epochs}}
+    if identity is not None:
+        checkpoint["identity"] = identity
+    torch.save(checkpoint, run_dir / LAST_CHECKPOINT)
+
+
+def test_decide_reuses_resumes_or_retrains_by_identity(tmp_path: Path) -> None:
+    settings = {"data": {"image_size": 64}, "optimisation": {"nb_epochs": 4}}
+    wanted = {"kind": "teacher", "model": "rgb_depth", "settings": settings, "data": "d",
+              "teacher": None, "fingerprint": "A"}
+    assert decide(tmp_path / "none", wanted) == (NEW, [])
+    _write_checkpoint(tmp_path / "done", wanted, epoch=4, nb_epochs=4)
+    assert decide(tmp_path / "done", wanted) == (REUSE, [])
+    _write_checkpoint(tmp_path / "cut", wanted, epoch=2, nb_epochs=4)
+    assert decide(tmp_path / "cut", wanted) == (RESUME, [])
+    other = {**wanted, "settings": {**settings, "data": {"image_size": 32}}, "data": "e",
+             "fingerprint": "B"}
+    _write_checkpoint(tmp_path / "other", other, epoch=4, nb_epochs=4)
+    assert decide(tmp_path / "other", wanted) == (RETRAIN, [
+        "--image_size: 32 -> 64",
+        "data files changed (split CSVs or the size/mtime of a referenced file)"])
+    _write_checkpoint(tmp_path / "old", None, epoch=4, nb_epochs=4)
+    action, why = decide(tmp_path / "old", wanted)
+    assert action == RETRAIN and "no identity" in why[0]
+
+
+# --------------------------------------------------------------------------------------------
+# End to end on a tiny world, the scripts run in this process
+
+
+def _write_configs(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in TINY_CONFIGS.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+class InProcess:
+    """A launcher that runs the scripts in this process (as ``python script argv`` would) and
+    records each call as ``(script, experiment or checkpoint folder, resumed?)``."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, str, bool]] = []
+
+    def __call__(self, script: str, argv: Sequence[str]) -> None:
+        argv = list(argv)
+        where = (argv[argv.index("--experiment_name") + 1] if "--experiment_name" in argv
+                 else Path(argv[argv.index("--checkpoint") + 1]).parent.name)
+        self.calls.append((script, where, "--resume" in argv))
+        saved = sys.argv
+        sys.argv = [script, *argv]
+        try:
+            runpy.run_path(str(REPO / script), run_name="__main__")
+        finally:
+            sys.argv = saved
+
+    def trained(self) -> List[str]:
+        return [where for script, where, _ in self.calls if script.startswith("train_")]
+
+    def evaluated(self) -> List[str]:
+        return [where for script, where, _ in self.calls if script == "evaluate.py"]
+
+
+def _run(argv: List[str], monkeypatch: pytest.MonkeyPatch) -> InProcess:
+    launcher = InProcess()
+    monkeypatch.setattr(experiments, "run_script", launcher)
+    experiments.main(argv)
+    return launcher
+
+
+def _tiny_argv(tmp_path: Path, *extra: str) -> List[str]:
+    return ["--out", str(tmp_path / "results"), "--data_root", str(tmp_path / "world"),
+            "--config_dir", str(_write_configs(tmp_path / "configs")), "--device", "cpu",
+            "--synthetic_locations", "2", "--synthetic_samples", "8", "--synthetic_size", "32",
+            "--image_size", "32", "--batch_size", "4", "--teacher_epochs", "1",
+            "--student_epochs", "1", "--num_pictures", "2", *extra]
 
 
 @pytest.mark.slow
-def test_one_seed_smoke_run_writes_table_and_pictures_and_then_reuses_everything(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "results"
-    argv = ["--preset", "quick", "--seeds", "1", "--out", str(out),
-            "--data_root", str(tmp_path / "world"), "--synthetic_locations", "2",
-            "--synthetic_samples", "10", "--synthetic_size", "16", "--image_size", "16",
-            "--base_channels", "4", "--student_base_channels", "4", "--batch_size", "4",
-            "--teacher_epochs", "1", "--student_epochs", "1", "--num_pictures", "2",
-            "--device", "cpu"]
-    run_experiments.main(argv)
+def test_runs_are_reused_only_while_their_identity_matches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    argv = _tiny_argv(tmp_path, "--preset", "quick", "--experiments", "kd")
+    first = _run(argv, monkeypatch)
+    assert first.trained() == ["rgb_teacher", "kd"] and first.evaluated() == first.trained()
 
+    capsys.readouterr()
+    again = _run(argv, monkeypatch)
+    assert again.trained() == []
+    assert "warning" not in capsys.readouterr().out  # the runner agrees with the engine
+
+    # Only the teacher's settings change: the teacher is retrained, so the student's teacher
+    # fingerprint changes and the student is retrained too.
+    longer_teacher = _run(argv + ["--teacher_epochs", "2"], monkeypatch)
+    assert longer_teacher.trained() == ["rgb_teacher", "kd"]
+
+    # Another world in the same folder (same --out): every run is retrained.
+    bigger_world = _run(argv + ["--teacher_epochs", "2", "--synthetic_samples", "10"],
+                        monkeypatch)
+    assert bigger_world.trained() == ["rgb_teacher", "kd"]
+
+    # Another image size with --on_mismatch stop: one line naming the difference, no training.
+    launcher = InProcess()
+    monkeypatch.setattr(experiments, "run_script", launcher)
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main(argv + ["--teacher_epochs", "2", "--synthetic_samples", "10",
+                                 "--image_size", "16", "--on_mismatch", "stop"])
+    message = str(stopped.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "rgb_teacher holds a run trained differently: --image_size: 32 -> 16" in message
+    assert launcher.calls == []
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_is_resumed_and_its_evaluation_redone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = _tiny_argv(tmp_path, "--preset", "quick", "--experiments", "rgb_teacher",
+                      "--teacher_epochs", "2")
+    launcher = InProcess()
+    setup = experiments.make_setup(experiments.build_parser(None).parse_args(argv), launcher)
+    spec = experiments.run_spec(setup.preset.experiments[0], 0, setup)
+    # Stopped after one of its two epochs, as if killed (an operational flag: same identity).
+    launcher(spec.script, [*spec.argv, "--stop_after_epochs", "1"])
+
+    resumed = _run(argv, monkeypatch)
+    assert resumed.calls == [("train_rgb_depth.py", "rgb_teacher", True),
+                             ("evaluate.py", "rgb_teacher", False)]
+    assert torch.load(spec.run_dir / LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pictures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = _run(_tiny_argv(tmp_path, "--preset", "standard", "--seeds", "1"), monkeypatch)
+    names = [e.name for e in experiments.PRESETS["standard"].experiments]
+    assert launcher.trained() == names and launcher.evaluated() == names
+    out = tmp_path / "results"
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["experiment"] for r in rows] == [e.name for e in EXPERIMENTS] + list(REFERENCES)
+    assert [r["experiment"] for r in rows] == names + list(REFERENCES)
     assert all(float(r["rmse"]) > 0 for r in rows)
+    assert {f"{m}@bv2_min0.5" for m in METRIC_NAMES} <= set(rows[0])
+    by_name = {r["experiment"]: r for r in rows}
+    # The official recipe has no model selection: its row is scored at the last epoch.
+    assert by_name[OFFICIAL_UNET]["scored"] == "last (epoch 1)"
+    assert by_name[AUDIO_ONLY]["scored"] == "best (epoch 1)"
+    assert int(by_name[OFFICIAL_UNET]["params"]) > 0 and float(by_name["kd"]["train_seconds"]) > 0
+
     table = (out / "results.md").read_text()
-    assert "| RGB teacher (upper bound) | 1 |" in table and "Metric protocol: gt > 0.0 m" in table
+    assert "rmse (gt >= 0.5 m)" in table and "`official`: gt > 0.0 m" in table
+    assert "- Audio-only RMSE <= 0.90 x the official U-Net's: " in table
+    assert "not measurable with one seed" in table
+    # Settings come from the runs' config.json: shared ones once, each row's own beside it.
+    assert "Every run: " in table and "image_size=32" in table
+    assert "- official BatVision U-Net (reference, last epoch): " in table
+    assert "model=official_unet" in table and "recipe=official" in table
     for picture in ("rmse.png", "pictures.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    checkpoints = sorted((out / "runs").glob("seed0/*/last_model.pth"))
-    assert len(checkpoints) == len(EXPERIMENTS)
-    written = [p.stat().st_mtime_ns for p in checkpoints]
-    capsys.readouterr()
-    run_experiments.main(argv)
-    assert capsys.readouterr().out.count("[skip]") == len(EXPERIMENTS)
-    assert [p.stat().st_mtime_ns for p in checkpoints] == written
+
+@pytest.mark.parametrize("preset", sorted(experiments.PRESETS))
+def test_every_row_of_every_preset_parses_with_the_repository_config_files(
+        preset: str, tmp_path: Path) -> None:
+    chosen = experiments.PRESETS[preset]
+    config_dir = REPO / chosen.config_dir
+    missing = [e.config for e in chosen.experiments
+               if not (config_dir / f"{e.config}.yaml").is_file()]
+    if missing:
+        pytest.skip(f"{config_dir}: no {', '.join(sorted(set(missing)))}.yaml yet")
+    setup = experiments.Setup(
+        preset=chosen, config_dir=config_dir, data_root=str(tmp_path), cache_dir=tmp_path,
+        device="cpu", runs_dir=tmp_path, on_mismatch="retrain", launch=InProcess())
+    for experiment in chosen.experiments:
+        _, args = experiments.parse_run_args(experiments.run_spec(experiment, 0, setup))
+        assert args.image_size == chosen.image_size and args.batch_size == chosen.batch_size
+        assert (args.model if experiment.kind == "student" else None) == (
+            "official_unet" if experiment.name == OFFICIAL_UNET else
+            "binaural_attention" if experiment.kind == "student" else None)
