@@ -21,13 +21,11 @@ from typing import List, Optional
 
 from models import build_model
 from training import cli
-from training.checkpoint import load_checkpoint
 from training.data import build_data, median_valid_depth
 from training.device import shutdown_distributed
 from training.distill import DistillationTask, check_teacher_range, load_teacher
 from training.engine import fit
 from training.errors import UsageError
-from training.identity import checkpoint_fingerprint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +54,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
             ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
             confidence_tau=args.confidence_tau)
-        task.teacher_fingerprint = checkpoint_fingerprint(load_checkpoint(args.teacher_checkpoint))
         task.step = run.checkpoint["global_step"] if run.checkpoint else 0
         fit(task, data, run)
     shutdown_distributed()
