@@ -35,7 +35,7 @@ from training.checkpoint import (
     LAST_CHECKPOINT, Checkpoint, atomic_write, check_model_name, load_checkpoint,
     resolve_checkpoint_path,
 )
-from training.data import DATASETS
+from training.data import DATASETS, resolve_dataset
 from training.device import (
     DistContext, configure_threads, init_distributed, resolve_device, seed_everything,
 )
@@ -215,9 +215,18 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     opt.add_argument("--grad_clip", type=non_negative_float, default=0.0,
                      help="clip the global gradient norm to this (0: off)")
     opt.add_argument("--amp", choices=AMP_MODES, default="none",
-                     help="mixed precision on CUDA (fp16 adds a gradient scaler); ignored on CPU")
+                     help="mixed precision through torch.autocast; fp16 adds a gradient scaler "
+                          "(a step whose gradients overflow is skipped). Runs on CPU too, where "
+                          "it is for testing rather than speed")
     opt.add_argument("--sync_bn", action="store_true",
-                     help="under torchrun on CUDA, synchronise BatchNorm statistics across GPUs")
+                     help="under torchrun on CUDA, synchronise BatchNorm statistics across GPUs "
+                          "(an error on CPU)")
+    opt.add_argument("--channels_last", action="store_true",
+                     help="channels-last memory format for the networks and the batches "
+                          "(faster convolutions with AMP on recent GPUs)")
+    opt.add_argument("--compile", action="store_true",
+                     help="torch.compile the trained network (the first steps are slow while it "
+                          "compiles; an error where torch.compile is not supported)")
 
     run = groups["run"]
     run.add_argument("--experiment_name", default=None,
@@ -622,6 +631,7 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) ->
     device = resolve_device(args.device, context.local_rank)
     configure_threads(args.threads, args.device)
     model_name = model_name_of(args)
+    resolve_dataset(args)  # before anything is named after it or written
     if args.experiment_name is None:
         args.experiment_name = _default_experiment_name(model_name, args.dataset, context)
     run_dir = Path(args.checkpoint_dir) / args.experiment_name

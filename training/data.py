@@ -269,9 +269,10 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
     """
     root = _resolve_root_and_depth(args, context)
     batch = per_rank_batch_size(args.batch_size, context)
-    with main_process_first(context):  # rank 0 builds any preprocessing cache first
-        train_set = build_dataset(args, root, "train", use_rgb)
-        val_set = build_dataset(args, root, "val", use_rgb)
+    # A preprocessing cache is built by one process while the others wait on its file lock and
+    # then read it (datasets.cache): no collective, so a long build cannot hit a barrier timeout.
+    train_set = build_dataset(args, root, "train", use_rgb)
+    val_set = build_dataset(args, root, "val", use_rgb)
     check_labels(train_set)
     check_labels(val_set)
     args.max_depth = float(train_set.max_depth)
