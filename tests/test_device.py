@@ -1,0 +1,129 @@
+"""The CPU thread policy of ``training.device``: explicit counts, ``OMP_NUM_THREADS``, the
+free-core rule of ``auto`` and its load measurement."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from training import device
+from training.device import busy_cores, configure_threads, free_core_threads, usable_cpus
+from training.errors import UsageError
+
+
+@pytest.fixture(autouse=True)
+def keep_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Restore torch's thread count; start each test without OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_explicit_count_is_set_whatever_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert configure_threads("3") == 3
+    assert torch.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert configure_threads("2") == 2  # the flag is more specific than the environment
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("spec", ["0", "-1", "two", "1.5", ""])
+def test_bad_spec_is_a_usage_error(spec: str) -> None:
+    with pytest.raises(UsageError, match="--threads must be 'auto' or a positive integer"):
+        configure_threads(spec)
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("4,2", 4), (" 2 ", 2)])
+def test_auto_takes_omp_num_threads(monkeypatch: pytest.MonkeyPatch, value: str,
+                                    expected: int) -> None:
+    monkeypatch.setattr(device, "busy_cores", _must_not_measure)
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert configure_threads("auto", "cpu") == expected
+    assert torch.get_num_threads() == expected
+
+
+def test_auto_ignores_a_malformed_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    monkeypatch.setattr(device, "busy_cores", lambda: (1.0, 2))
+    monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.setattr(device, "usable_cpus", lambda: 2)
+    assert configure_threads("auto", "cpu") == 1
+
+
+def test_auto_on_this_machine_is_between_one_and_the_cores() -> None:
+    threads = configure_threads("auto", "cpu")
+    assert 1 <= threads <= usable_cpus()
+    assert torch.get_num_threads() == threads
+
+
+def test_auto_on_cuda_keeps_the_current_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "busy_cores", _must_not_measure)
+    torch.set_num_threads(1)
+    assert configure_threads("auto", "cuda:0") == 1
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("load, expected", [
+    ((0.05, 2), 2),   # quiet 2-core machine: torch's default
+    ((1.0, 2), 1),    # one busy process: the one free core
+    ((2.6, 2), 1),    # overloaded: never fewer than one
+    (None, 2),        # no load readable: torch's default
+])
+def test_auto_uses_the_free_cores(monkeypatch: pytest.MonkeyPatch, load, expected: int) -> None:
+    monkeypatch.setattr(device, "busy_cores", lambda: load)
+    monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.setattr(device, "usable_cpus", lambda: 2)
+    assert configure_threads("auto", "cpu") == expected
+    assert torch.get_num_threads() == expected
+
+
+@pytest.mark.parametrize("busy, cpus, cap, expected", [
+    (0.0, 2, 2, 2),
+    (0.25, 2, 2, 2),   # a core 75% idle counts as free
+    (0.3, 2, 2, 1),    # 70% idle does not
+    (1.0, 2, 2, 1),
+    (2.5, 2, 2, 1),
+    (0.0, 16, 8, 8),   # never more than torch's default
+    (5.6, 16, 16, 10),  # floor(16 - 5.6 + 0.25) = 10
+])
+def test_free_core_threads(busy: float, cpus: int, cap: int, expected: int) -> None:
+    assert free_core_threads(busy, cpus, cap) == expected
+
+
+def _stat_text(user: int, idle: int) -> str:
+    """A 2-CPU /proc/stat whose aggregate line has ``user`` busy and ``idle`` idle jiffies."""
+    return (f"cpu  {user} 0 0 {idle} 0 0 0 0 0 0\n"
+            "cpu0 1 0 0 1 0 0 0 0 0 0\ncpu1 1 0 0 1 0 0 0 0 0 0\nintr 12 0\n")
+
+
+def test_busy_cores_from_proc_stat_deltas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """150 busy of 200 jiffies on 2 CPUs in the window: 1.5 cores busy (this process slept)."""
+    stat = tmp_path / "stat"
+    stat.write_text(_stat_text(user=1000, idle=5000))
+    real_sleep = time.sleep
+
+    def window_passes(seconds: float) -> None:
+        stat.write_text(_stat_text(user=1150, idle=5050))
+        real_sleep(seconds)
+
+    monkeypatch.setattr(device.time, "sleep", window_passes)
+    busy, cpus = busy_cores(window_s=0.05, stat_path=stat)
+    assert cpus == 2
+    assert busy == pytest.approx(1.5, abs=0.1)
+
+
+def test_busy_cores_falls_back_to_the_load_average(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (1.25, 0.5, 0.25))
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 4)
+    assert busy_cores(stat_path=tmp_path / "missing") == (1.25, 4)
+    monkeypatch.delattr(device.os, "getloadavg")
+    assert busy_cores(stat_path=tmp_path / "missing") is None
+
+
+def _must_not_measure() -> None:
+    raise AssertionError("auto measured the load where the rule says it should not")
