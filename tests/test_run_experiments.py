@@ -4,6 +4,7 @@ standard-shaped smoke run."""
 from __future__ import annotations
 
 import csv
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -227,10 +228,19 @@ def test_runs_are_reused_only_while_their_identity_matches(
     assert again.trained() == []
     assert "warning" not in capsys.readouterr().out  # the runner agrees with the engine
 
+    # An evaluation is reused once it holds every protocol (added here where evaluate.py wrote
+    # only its primary one) for this checkpoint and test split.
+    for metrics_file in (tmp_path / "results" / "runs" / "seed0").glob("*/eval_test/metrics.json"):
+        result = json.loads(metrics_file.read_text())
+        result.setdefault("protocols", {"bv2_min0.5": {m: result[m] for m in METRIC_NAMES}})
+        metrics_file.write_text(json.dumps(result))
+    assert _run(argv, monkeypatch).calls == []
+
     # Only the teacher's settings change: the teacher is retrained, so the student's teacher
     # fingerprint changes and the student is retrained too.
     longer_teacher = _run(argv + ["--teacher_epochs", "2"], monkeypatch)
     assert longer_teacher.trained() == ["rgb_teacher", "kd"]
+    assert longer_teacher.evaluated() == ["rgb_teacher", "kd"]
 
     # Another world in the same folder (same --out): every run is retrained.
     bigger_world = _run(argv + ["--teacher_epochs", "2", "--synthetic_samples", "10"],
@@ -268,10 +278,12 @@ def test_a_run_cut_short_is_resumed_and_its_evaluation_redone(
 
 @pytest.mark.slow
 def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pictures(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     launcher = _run(_tiny_argv(tmp_path, "--preset", "standard", "--seeds", "1"), monkeypatch)
     names = [e.name for e in experiments.PRESETS["standard"].experiments]
     assert launcher.trained() == names and launcher.evaluated() == names
+    # Every kind of row recorded the identity the runner computed for it.
+    assert "warning" not in capsys.readouterr().out
     out = tmp_path / "results"
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
