@@ -15,7 +15,7 @@ resumed; different or not recorded, it is trained afresh with ``--overwrite`` or
 ``--on_mismatch stop``, the runner stops with one line listing the differences. A student whose
 teacher was retrained has another teacher fingerprint, so it is retrained too. A test evaluation
 is reused only while its ``metrics.json`` records the fingerprints of the checkpoint and of the
-test split now on disk.
+test split now on disk, and the metrics of every protocol of :data:`training.metrics.PROTOCOLS`.
 """
 from __future__ import annotations
 
