@@ -31,7 +31,7 @@ from training.checkpoint import (
 )
 from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
 from training.device import DistContext, resolve_device
-from training.engine import DepthTask, validate
+from training.engine import DepthTask, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import METRIC_NAMES, DepthMetrics
 
@@ -101,6 +101,7 @@ def evaluate_checkpoint(
     path = _checkpoint_file(str(checkpoint))
     saved = load_checkpoint(path)
     torch_device = resolve_device(device)
+    configure_cuda_kernels(torch_device, deterministic=saved["args"].get("deterministic", False))
     model = load_model(saved, torch_device, path=path)
     args = argparse.Namespace(**saved["args"])
     args.dataset = dataset or args.dataset

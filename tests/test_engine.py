@@ -26,7 +26,10 @@ from training.checkpoint import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, non_finite_tensors,
 )
 from training.data import build_data, mirror_batch
-from training.engine import DepthTask, amp_dtype, fit, lr_factor, with_total
+from training.engine import (
+    DepthTask, amp_dtype, check_device_flags, configure_cuda_kernels, fit, lr_factor, with_total,
+)
+from training.errors import UsageError
 from training.tracking import Tracker
 
 COUNTS = {"train": 4, "val": 2, "test": 1}  # per location; 2 locations
@@ -345,15 +348,133 @@ def test_plug_in_task_trains_extras_and_leaves_frozen_modules_alone(
     assert train["total"] == pytest.approx(train["l1"] + train["match"])
 
 
-def test_amp_is_ignored_on_cpu_and_said_once(capsys: pytest.CaptureFixture) -> None:
-    cpu = torch.device("cpu")
-    assert amp_dtype("none", cpu, announce=True) is None
-    assert amp_dtype("bf16", cpu, announce=True) is None
-    assert amp_dtype("fp16", cpu, announce=False) is None  # other ranks stay quiet
-    assert capsys.readouterr().out == (
-        "--amp bf16 is ignored on cpu: mixed precision is used on CUDA only\n")
-    assert amp_dtype("bf16", torch.device("cuda"), announce=True) is torch.bfloat16
-    assert amp_dtype("fp16", torch.device("cuda"), announce=True) is torch.float16
+def test_amp_modes_and_flags_the_device_cannot_honour(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("none", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16  # honoured on CPU too
+    assert amp_dtype("fp16", cpu) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla V100")
+    with pytest.raises(UsageError) as error:
+        amp_dtype("bf16", cuda)
+    assert str(error.value) == "--amp bf16: Tesla V100 has no bfloat16 support; use --amp fp16"
+    assert amp_dtype("fp16", cuda) is torch.float16
+
+    args = argparse.Namespace(amp="none", sync_bn=True, compile=False)
+    with pytest.raises(UsageError) as error:
+        check_device_flags(args, cpu)
+    assert str(error.value) == ("--sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this "
+                                "run is on cpu")
+    args.sync_bn, args.compile = False, True
+    check_device_flags(args, cpu)
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(UsageError, match="^--compile: torch.compile is not supported"):
+        check_device_flags(args, cpu)
+
+
+def test_a_flag_the_device_cannot_honour_stops_the_script_with_one_line(
+        data_root: Path, tmp_path: Path) -> None:
+    message = _stop_message(train_argv(data_root, tmp_path, "sync", "--sync_bn"))
+    assert message == ("error: --sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this run "
+                       "is on cpu")
+    assert not (tmp_path / "sync").exists()
+
+
+def test_cuda_kernel_settings_only_on_cuda_and_autotuning_only_when_not_deterministic() -> None:
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
+        configure_cuda_kernels(torch.device("cpu"), deterministic=False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+        configure_cuda_kernels(torch.device("cuda"), deterministic=True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark
+        configure_cuda_kernels(torch.device("cuda"), deterministic=False)
+        assert torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = flags
+
+
+class InfGradient(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward (what an fp16 overflow produces)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("inf"))
+
+
+def test_fp16_loss_scaling_on_cpu_skips_steps_with_infinite_gradients(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --amp fp16 an infinite gradient is the scaler's business: the step is skipped and the
+    scale halved (65536 -> 16384 after the epoch's 2 steps), the run goes on and saves."""
+    def l1_with_inf_gradient(pred: torch.Tensor, target: torch.Tensor,
+                             valid: torch.Tensor) -> torch.Tensor:
+        if pred.requires_grad:
+            pred = InfGradient.apply(pred)
+        return losses.masked_l1(pred, target, valid)
+
+    monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_inf_gradient)
+    optimizer_steps = {"n": 0}
+    handle = register_optimizer_step_post_hook(
+        lambda *_: optimizer_steps.__setitem__("n", optimizer_steps["n"] + 1))
+    try:
+        train_rgb_depth.main(train_argv(data_root, tmp_path, "fp16", "--nb_epochs", "1",
+                                        "--amp", "fp16", "--grad_clip", "1.0"))
+    finally:
+        handle.remove()
+    saved = load_checkpoint(tmp_path / "fp16" / LAST_CHECKPOINT)
+    assert saved["global_step"] == 2 and optimizer_steps["n"] == 0
+    assert saved["scaler_state"]["scale"] == 65536.0 * 0.5 ** 2
+    assert saved["history"][0]["train"]["l1"] > 0  # the loss itself was finite
+
+
+def _fit_directly(data_root: Path, tmp_path: Path, name: str, *extra: str) -> Tuple[DepthTask,
+                                                                                   Dict[str, Any]]:
+    """What train_rgb_depth.main does, keeping the task to look at."""
+    run = cli.start_run(cli.build_parser("teacher", None),
+                        train_argv(data_root, tmp_path, name, "--nb_epochs", "1", *extra))
+    data = build_data(run.args, run.context, use_rgb=True)
+    task = DepthTask(build_model("rgb_depth", **run.model_config()), RGB, data.max_depth)
+    fit(task, data, run)
+    return task, load_checkpoint(tmp_path / name / LAST_CHECKPOINT)
+
+
+def test_channels_last_trains_like_the_default_layout(data_root: Path, tmp_path: Path) -> None:
+    # SGD: its step is proportional to the gradient, so rounding differences of the two layouts'
+    # kernels stay rounding-sized (Adam's first step is about lr * sign(g), whatever |g|).
+    sgd = ("--optimizer", "sgd", "--learning_rate", "0.1")
+    task, channels_last = _fit_directly(data_root, tmp_path, "cl", *sgd, "--channels_last")
+    _, default = _fit_directly(data_root, tmp_path, "default", *sgd)
+    conv = task.model.encoder.stages[0].block[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert channels_last["history"][0]["train"] == pytest.approx(
+        default["history"][0]["train"], rel=1e-4)
+    for key, value in default["model_state"].items():
+        torch.testing.assert_close(channels_last["model_state"][key], value, rtol=1e-4,
+                                   atol=1e-5)
+
+
+def test_compile_compiles_the_network_in_place(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: List[Any] = []
+
+    def no_op_compile(function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Records what would be compiled; returns it unchanged (inductor takes minutes)."""
+        compiled.append(function)
+        return function
+
+    monkeypatch.setattr(torch, "compile", no_op_compile)
+    task, saved = _fit_directly(data_root, tmp_path, "compiled", "--compile")
+    assert [getattr(f, "__self__", None) for f in compiled] == [task.model]
+    assert saved["model_state"].keys() == task.model.state_dict().keys()
+    assert not any(key.startswith("_orig_mod") for key in saved["model_state"])
 
 
 def test_learning_rate_schedules_by_hand() -> None:

@@ -28,12 +28,18 @@ Subclass :class:`Task` (or :class:`DepthTask`, to reuse the supervised terms):
 Then ``fit(task, data, run)`` with ``data`` from :func:`training.data.build_data` and ``run``
 from :func:`training.cli.start_run`; ``training/distill.py`` is a worked example.
 
-What ``fit`` guarantees: AMP on CUDA (bf16, or fp16 with a gradient scaler), gradient clipping,
-DDP under torchrun (rank 0 logs and writes; metrics are reduced over ranks), a learning-rate
+What ``fit`` guarantees: AMP through ``torch.autocast`` (``--amp bf16``, or ``fp16`` with a
+``torch.amp.GradScaler``; on CPU too, so both paths are tested there), gradient clipping,
+``--channels_last`` and ``--compile``, TF32 and cuDNN autotuning on CUDA
+(:func:`configure_cuda_kernels`), batches copied to the device without blocking (from pinned
+memory on CUDA), DDP under torchrun (rank 0 logs and writes; metrics are reduced over ranks), a
+learning-rate
 schedule stepped per batch and built for the whole ``--nb_epochs`` horizon (also when the run is
 cut short with ``--stop_after_epochs``), ``last_model.pth`` after every epoch and
 ``best_model.pth`` at each new best validation RMSE, and exact resume: with ``--deterministic``
 on CPU, stopping after epoch k and resuming gives bit-identical weights to an uninterrupted run.
+
+A flag the device cannot honour (:func:`check_device_flags`) is a one-line error.
 
 Finite or nothing: every step checks that the loss terms and the total gradient norm are finite
 before the optimizer step (under fp16 loss scaling an infinite gradient is the scaler's cue to
@@ -168,10 +174,16 @@ def set_train_mode(task: Task) -> None:
             child.eval()
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a collated batch to ``device`` (``meta`` strings stay as they are)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+def to_device(batch: Batch, device: torch.device,
+              memory_format: torch.memory_format = torch.preserve_format) -> Batch:
+    """Move every tensor of a collated batch to ``device`` (``meta`` strings stay as they are).
+
+    The copies do not block the host (asynchronous from pinned memory on CUDA). With
+    ``memory_format=torch.channels_last`` the 4-D (image-like) tensors are stored channels-last.
+    """
+    return {k: v.to(device, non_blocking=True,
+                    memory_format=memory_format if v.dim() == 4 else torch.preserve_format)
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def build_optimizer(args: argparse.Namespace,
@@ -207,15 +219,50 @@ def lr_factor(args: argparse.Namespace, steps_per_epoch: int) -> Callable[[int],
     return factor
 
 
-def amp_dtype(amp: str, device: torch.device, announce: bool) -> Optional[torch.dtype]:
-    """The autocast dtype of ``--amp`` on ``device``, or ``None`` (CPU: says once it is ignored)."""
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` (``none``, ``bf16``, ``fp16``), or ``None`` for ``none``.
+
+    Raises:
+        UsageError: ``device`` cannot run it (no autocast for its type, or bf16 on a GPU
+            without bfloat16).
+    """
     if amp == "none":
         return None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise UsageError(f"--amp {amp}: torch has no autocast for {device.type}")
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
+                         "support; use --amp fp16")
+    return dtype
+
+
+def check_device_flags(args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse the flags ``device`` cannot honour (``--amp`` as :func:`amp_dtype` says,
+    ``--sync_bn`` off CUDA, ``--compile`` where torch.compile is not supported).
+
+    Raises:
+        UsageError: one line naming the flag and why.
+    """
+    amp_dtype(args.amp, device)
+    if args.sync_bn and device.type != "cuda":
+        raise UsageError(f"--sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this run is "
+                         f"on {device.type}")
+    # torch has no public form of this check; torch.compile itself raises the same way.
+    if args.compile and not torch._dynamo.is_dynamo_supported():
+        raise UsageError("--compile: torch.compile is not supported with this Python/platform")
+
+
+def configure_cuda_kernels(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, the fast kernels training wants: TF32 matmuls and convolutions and, unless
+    ``deterministic`` (see :func:`training.device.seed_everything`), cuDNN autotuning. Process
+    wide; nothing on other devices."""
     if device.type != "cuda":
-        if announce:
-            print(f"--amp {amp} is ignored on {device.type}: mixed precision is used on CUDA only")
-        return None
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if not deterministic:
+        torch.backends.cudnn.benchmark = True
 
 
 def autocast(device: torch.device,
@@ -249,6 +296,7 @@ def validate(
     autocast_dtype: Optional[torch.dtype] = None,
     on_batch: Optional[Callable[[Batch, torch.Tensor, torch.Tensor, torch.Tensor], None]] = None,
     desc: str = "validate",
+    memory_format: torch.memory_format = torch.preserve_format,
 ) -> Dict[str, float]:
     """Score ``task`` on a loader; ``metrics`` ends up reduced over every rank.
 
@@ -261,6 +309,8 @@ def validate(
         autocast_dtype: AMP dtype, or ``None``.
         on_batch: called with ``(batch, depth, scores, n_valid)`` for per-image reports.
         desc: progress bar label.
+        memory_format: of the batches' 4-D tensors (``torch.channels_last`` with
+            ``--channels_last``).
 
     Returns:
         Mean of each loss term over the split's samples (reduced over ranks).
@@ -270,7 +320,7 @@ def validate(
     names: List[str] = []
     count = torch.zeros((), dtype=torch.float64, device=device)
     for batch in progress(loader, context.is_main, desc):
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, memory_format)
         with autocast(device, autocast_dtype):
             depth, losses = task(batch)
         depth = depth.float()
@@ -340,11 +390,14 @@ class Trainer:
         """Set the run up; nothing is written yet.
 
         Raises:
-            UsageError: resuming a run whose data, kind or distillation settings differ.
+            UsageError: a flag the device cannot honour, or resuming a run whose data, kind or
+                distillation settings differ.
             DataError: the resumed checkpoint holds non-finite values or lacks a task module.
         """
         self.data, self.run, self.args = data, run, run.args
         self.context, self.device = run.context, run.device
+        check_device_flags(self.args, self.device)
+        configure_cuda_kernels(self.device, self.args.deterministic)
         self.identity = run_identity(vars(self.args), run.flag_groups, run.kind,
                                      task.model.model_name, data.data_fingerprint,
                                      task.teacher_fingerprint)
@@ -354,7 +407,15 @@ class Trainer:
                 raise UsageError(f"{run.checkpoint_path}: cannot resume: "
                                  f"{'; '.join(differences)} (start a new run or use --overwrite)")
         task.to(self.device)
-        if self.args.sync_bn and self.context.distributed and self.device.type == "cuda":
+        self.memory_format = torch.preserve_format
+        if self.args.channels_last:
+            self.memory_format = torch.channels_last
+            task.to(memory_format=torch.channels_last)
+        if self.args.compile:
+            # In place: the model keeps its parameters and state_dict keys, so checkpoints are
+            # unchanged; the task's loss code (e.g. a KD schedule's Python step) stays eager.
+            task.model.compile()
+        if self.args.sync_bn and self.context.distributed:
             task = nn.SyncBatchNorm.convert_sync_batchnorm(task)
         self.task = task
         named = [(name, p) for name, p in task.named_parameters() if p.requires_grad]
@@ -363,7 +424,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.args, self.parameters)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(self.args, len(data.train_loader)))
-        self.autocast_dtype = amp_dtype(self.args.amp, self.device, announce=self.context.is_main)
+        self.autocast_dtype = amp_dtype(self.args.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.autocast_dtype == torch.float16)
         self.state = self._restore() if run.checkpoint else TrainState()
@@ -494,7 +555,7 @@ class Trainer:
         bar = progress(self.data.train_loader, self.context.is_main,
                        f"epoch {epoch + 1}/{args.nb_epochs}")
         for batch in bar:
-            batch = to_device(batch, device)
+            batch = to_device(batch, device, self.memory_format)
             size = len(batch[DEPTH])
             if args.mirror_augment:
                 flags = mirror_flags(size, args.seed, state.global_step, self.context.rank)
@@ -605,7 +666,7 @@ class Trainer:
         self._check_finite_state(state.epoch)
         metrics = DepthMetrics(args.valid_threshold, device=self.device)
         val_losses = validate(self.task, self.data.val_loader, self.device, metrics, self.context,
-                              self.autocast_dtype)
+                              self.autocast_dtype, memory_format=self.memory_format)
         scores = metrics.compute()
         # Reduced over ranks, so every rank decides alike.
         non_finite = [f"{name}={value}" for name, value in {**val_losses, **scores}.items()
@@ -662,7 +723,7 @@ class Trainer:
         """The first ``--num_val_images`` validation samples: input | GT | prediction | error."""
         dataset = self.data.val_dataset
         samples = [dataset[i] for i in range(min(self.args.num_val_images, len(dataset)))]
-        batch = to_device(default_collate(samples), self.device)
+        batch = to_device(default_collate(samples), self.device, self.memory_format)
         self.task.eval()
         with torch.no_grad(), autocast(self.device, self.autocast_dtype):
             depth, _ = self.task(batch)
