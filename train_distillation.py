@@ -35,28 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, load the teacher, build data and student, distil."""
-    with cli.user_errors():
-        run = cli.start_run(build_parser(), argv)
-        args = run.args
-        if args.teacher_checkpoint is None:
-            raise UsageError("--teacher_checkpoint is required for a new distillation run")
-        # Checked before the data is built (which may generate a world or a cache), except for
-        # the depth range, which the data resolves.
-        teacher = load_teacher(args.teacher_checkpoint, args.image_size)
-        data = build_data(args, run.context, use_rgb=True)
-        check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
-        student = build_model(run.model_name, **run.model_config(
-            lambda: median_valid_depth(data.train_loader.dataset)))
-        task = DistillationTask(
-            student, teacher, data.max_depth, args.image_size, criterion=args.criterion,
-            smoothness_weight=args.smoothness_weight, depth_weight=args.lambda_depth,
-            feature_weight=args.lambda_feat, feature_levels=args.feature_levels,
-            matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
-            ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
-            confidence_tau=args.confidence_tau)
-        task.step = run.checkpoint["global_step"] if run.checkpoint else 0
-        fit(task, data, run)
-    shutdown_distributed()
+    try:
+        with cli.user_errors():
+            run = cli.start_run(build_parser(), argv)
+            args = run.args
+            if args.teacher_checkpoint is None:
+                raise UsageError("--teacher_checkpoint is required for a new distillation run")
+            # Checked before the data is built (which may generate a world or a cache), except for
+            # the depth range, which the data resolves.
+            teacher = load_teacher(args.teacher_checkpoint, args.image_size)
+            data = build_data(args, run.context, use_rgb=True)
+            check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
+            student = build_model(run.model_name, **run.model_config(
+                lambda: median_valid_depth(data.train_loader.dataset)))
+            task = DistillationTask(
+                student, teacher, data.max_depth, args.image_size, criterion=args.criterion,
+                smoothness_weight=args.smoothness_weight, depth_weight=args.lambda_depth,
+                feature_weight=args.lambda_feat, feature_levels=args.feature_levels,
+                matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
+                ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
+                confidence_tau=args.confidence_tau)
+            task.step = run.checkpoint["global_step"] if run.checkpoint else 0
+            fit(task, data, run)
+    finally:
+        # Every exit leaves the process group: gloo can abort at exit when it was never left.
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

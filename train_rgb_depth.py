@@ -28,14 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, build data and model, train."""
-    with cli.user_errors():
-        run = cli.start_run(build_parser(), argv)
-        data = build_data(run.args, run.context, use_rgb=True)
-        model = build_model(run.model_name, **run.model_config())
-        task = DepthTask(model, RGB, data.max_depth, run.args.criterion,
-                         run.args.smoothness_weight)
-        fit(task, data, run)
-    shutdown_distributed()
+    try:
+        with cli.user_errors():
+            run = cli.start_run(build_parser(), argv)
+            data = build_data(run.args, run.context, use_rgb=True)
+            model = build_model(run.model_name, **run.model_config())
+            task = DepthTask(model, RGB, data.max_depth, run.args.criterion,
+                             run.args.smoothness_weight)
+            fit(task, data, run)
+    finally:
+        # Every exit leaves the process group: gloo can abort at exit when it was never left.
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

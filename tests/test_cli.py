@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training import cli
-from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
+from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE
 from training.errors import UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_resolved_config_repeats_the_run(tmp_path: Path) -> None:
     args = parse("kd", ["--base_channels", "8", "--attention_levels", "4,5", "--lambda_feat",
                         "0.05", "--feature_levels", "d1,x3", "--mirror_augment",
                         "--max_depth", "15", "--teacher_checkpoint", "t.pth"])
-    path = tmp_path / cli.RESOLVED_CONFIG_FILE
+    path = tmp_path / RESOLVED_CONFIG_FILE
     cli.write_resolved_config(path, args)
     again = parse("kd", ["--config", str(path)])
     expected = {k: v for k, v in vars(args).items() if k != "config"}

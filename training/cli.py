@@ -32,7 +32,7 @@ from models import official_num_downs
 from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS
 from models.blocks import DECODER_KEYS, FEATURE_KEYS, SIZE_MULTIPLE, encoder_channels
 from training.checkpoint import (
-    LAST_CHECKPOINT, Checkpoint, atomic_write, check_model_name, load_checkpoint,
+    RUN_FILES, Checkpoint, atomic_write, check_model_name, load_checkpoint,
     resolve_checkpoint_path,
 )
 from training.data import DATASETS, resolve_dataset
@@ -57,7 +57,6 @@ KIND_MODELS: Dict[str, Tuple[str, ...]] = {
     "student": ("binaural_attention", "official_unet"),
     "kd": ("binaural_attention",),
 }
-RESOLVED_CONFIG_FILE = "config.yaml"
 KIND_SCRIPTS = {"teacher": "train_rgb_depth.py", "student": "train_binaural_attention.py",
                 "kd": "train_distillation.py"}
 
@@ -637,7 +636,8 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) ->
     run_dir = Path(args.checkpoint_dir) / args.experiment_name
     continues_itself = (checkpoint_path is not None
                         and checkpoint_path.parent.resolve() == run_dir.resolve())
-    if (run_dir / LAST_CHECKPOINT).exists() and not continues_itself and not args.overwrite:
+    holds_a_run = any((run_dir / name).exists() for name in RUN_FILES)
+    if holds_a_run and not continues_itself and not args.overwrite:
         raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
                          "or pass --overwrite or another --experiment_name")
     context.barrier()  # every rank checked the folder before rank 0 may write into it

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
 from datasets.batvision import check_labels
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
-from training.device import DistContext, main_process_first
+from training.device import DistContext, main_process_first, uses_cuda
 from training.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -281,7 +281,7 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
                          f"{context.world_size} processes")
     sampler = train_sampler(train_set, context, args.seed)
     loader_kwargs: Dict[str, Any] = dict(num_workers=args.num_workers,
-                                         pin_memory=torch.cuda.is_available(),
+                                         pin_memory=uses_cuda(args.device),
                                          persistent_workers=args.num_workers > 0)
     return Data(
         train_loader=DataLoader(train_set, batch_size=batch, sampler=sampler, **loader_kwargs),
