@@ -33,7 +33,9 @@ from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_ro
 from training.device import DistContext, resolve_device
 from training.engine import DepthTask, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
-from training.metrics import METRIC_NAMES, DepthMetrics
+from training.metrics import (
+    BV2_MIN_05, METRIC_NAMES, MultiProtocolMetrics, format_protocol_table, protocol_for,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -91,7 +93,8 @@ def evaluate_checkpoint(
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
         ``checkpoint``, ``dataset``, ``data_root``, ``model_name``, the metric ``protocol``,
-        ``checkpoint_fingerprint`` (:func:`training.identity.checkpoint_fingerprint`),
+        ``protocols`` (protocol name → metrics: the run's own rule and ``bv2_min0.5``, gt >= 0.5 m)
+        with their ``protocol_definitions``, ``checkpoint_fingerprint`` (:func:`training.identity.checkpoint_fingerprint`),
         ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one) and
         ``data_fingerprint`` (the evaluated split's).
 
@@ -113,7 +116,9 @@ def evaluate_checkpoint(
     task = DepthTask(model, input_key, model.config["max_depth"], args.criterion)
     if valid_threshold is None:
         valid_threshold = saved["args"].get("valid_threshold", 0.0)
-    metrics = DepthMetrics(valid_threshold, device=torch_device)
+    # The run's own rule first (per_image.csv and the top-level numbers), then the gt >= 0.5 m
+    # rule of recent BatVision V2 papers, so a table can sit beside published numbers.
+    metrics = MultiProtocolMetrics((protocol_for(valid_threshold), BV2_MIN_05), device=torch_device)
     rows: List[Dict[str, Any]] = []
 
     def record(batch: Dict[str, Any], depth: torch.Tensor, scores: torch.Tensor,
@@ -133,6 +138,7 @@ def evaluate_checkpoint(
         **metrics.compute(), "split": split, "checkpoint": str(path),
         "model_name": saved["model_name"], "dataset": args.dataset,
         "data_root": str(args.data_root), "protocol": metrics.protocol(),
+        "protocols": metrics.compute_all(), "protocol_definitions": metrics.protocols(),
         "checkpoint_fingerprint": checkpoint_fingerprint(saved),
         "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
         "data_fingerprint": data_set.data_fingerprint,
@@ -156,11 +162,8 @@ def format_table(result: Dict[str, Any]) -> str:
     """The metrics of :func:`evaluate_checkpoint` as a small text table."""
     lines = [f"{result['model_name']} on {result['dataset']} {result['split']}: "
              f"{result['n_images']} images scored, {result['n_skipped']} skipped (no valid pixel); "
-             f"valid pixels: {result['protocol']['valid_pixels']}",
-             f"{'metric':<8}  value"]
-    for name in METRIC_NAMES:
-        value = result[name]
-        lines.append(f"{name:<8}  {'n/a' if value is None else format(value, '.4f')}")
+             f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv)",
+             format_protocol_table(result["protocols"])]
     return "\n".join(lines)
 
 
