@@ -1,5 +1,6 @@
 """Checkpoint format: atomic writes (with the umask's permissions), weights-only loading, finite
-or nothing, clearing a run folder, finding runs, random states."""
+or nothing, clearing a run folder, finding runs, random states, checkpoints holding a weight
+average."""
 from __future__ import annotations
 
 import os
@@ -167,3 +168,25 @@ def test_clear_run_folder_removes_the_projects_files_only(tmp_path: Path) -> Non
     remaining = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
     assert remaining == sorted(theirs)
     assert not (run / "eval_test").exists()  # emptied, so removed; eval_val keeps my_plot.png
+
+
+def test_an_averaged_checkpoint_loads_its_average_and_resumes_its_trained_weights(
+        tmp_path: Path, model: torch.nn.Module) -> None:
+    plain = _checkpoint(model)
+    assert ckpt.training_weights(plain) is plain["model_state"]  # no average: one set of weights
+    average = {key: value + 1 if value.is_floating_point() else value
+               for key, value in model.state_dict().items()}
+    path = tmp_path / ckpt.LAST_CHECKPOINT
+    ckpt.save_checkpoint(path, ckpt.Checkpoint(
+        **{**plain, "model_state": average, "train_model_state": model.state_dict(),
+           "ema_updates": 3}))
+    loaded = ckpt.load_checkpoint(path)
+    rebuilt = ckpt.load_model(loaded, path=path)  # what evaluate.py and predict.py use
+    for key, value in average.items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt.training_weights(loaded)[key], value), key
+
+    loaded["train_model_state"]["head.conv.bias"].fill_(float("nan"))
+    with pytest.raises(TrainingError, match="train_model_state.head.conv.bias"):
+        ckpt.save_checkpoint(path, loaded)  # finite or nothing covers the trained weights too

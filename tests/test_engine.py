@@ -1,6 +1,6 @@
 """The shared engine: exact resume, finite or nothing (loss, gradient, weights, validation), wrong
 model or changed settings on resume, clean run folders (--overwrite, leftover temporaries, best
-model repair), plug-in tasks, schedules, mirror augmentation, W&B."""
+model repair), plug-in tasks, the weight EMA, schedules, mirror augmentation, W&B."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import evaluate
 import train_binaural_attention
 import train_rgb_depth
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
@@ -27,12 +28,18 @@ from training.checkpoint import (
 )
 from training.data import build_data, mirror_batch
 from training.engine import (
-    DepthTask, amp_dtype, check_device_flags, configure_cuda_kernels, fit, lr_factor, with_total,
+    DepthTask, Trainer, amp_dtype, check_device_flags, configure_cuda_kernels, fit, lr_factor,
+    with_total,
 )
 from training.errors import UsageError
 from training.tracking import Tracker
 
 COUNTS = {"train": 4, "val": 2, "test": 1}  # per location; 2 locations
+# What a checkpoint holds; --ema_decay adds EMA_KEYS.
+CHECKPOINT_KEYS = {"format_version", "model_name", "model_config", "model_state", "extra_states",
+                   "optimizer_state", "scheduler_state", "scaler_state", "epoch", "global_step",
+                   "best_score", "best_epoch", "metrics", "history", "rng", "args", "identity"}
+EMA_KEYS = {"train_model_state", "ema_updates"}
 
 
 @pytest.fixture
@@ -60,9 +67,11 @@ def train_argv(root: Path, checkpoint_dir: Path, name: str, *extra: str) -> List
             "--num_val_images", "0", "--deterministic", *extra]
 
 
-def test_stop_and_resume_equals_uninterrupted_run(data_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", [[], ["--ema_decay", "0.9"]], ids=["plain", "ema"])
+def test_stop_and_resume_equals_uninterrupted_run(data_root: Path, tmp_path: Path,
+                                                  ema: List[str]) -> None:
     schedule = ["--scheduler", "cosine", "--warmup_epochs", "0.5", "--mirror_augment",
-                "--grad_clip", "1.0"]
+                "--grad_clip", "1.0", *ema]
     train_rgb_depth.main(train_argv(data_root, tmp_path, "straight", *schedule))
     train_rgb_depth.main(
         train_argv(data_root, tmp_path, "killed", *schedule, "--stop_after_epochs", "1"))
@@ -75,8 +84,15 @@ def test_stop_and_resume_equals_uninterrupted_run(data_root: Path, tmp_path: Pat
     resumed = load_checkpoint(tmp_path / "killed" / LAST_CHECKPOINT)
     assert resumed["epoch"] == straight["epoch"] == 2
     assert resumed["global_step"] == straight["global_step"]
-    for key, value in straight["model_state"].items():
-        assert torch.equal(resumed["model_state"][key], value), key
+    assert set(resumed) == set(straight) == CHECKPOINT_KEYS | (EMA_KEYS if ema else set())
+    weights = ("model_state", "train_model_state") if ema else ("model_state",)
+    for name in weights:
+        for key, value in straight[name].items():
+            assert torch.equal(resumed[name][key], value), (name, key)
+    if ema:
+        assert resumed["ema_updates"] == straight["ema_updates"] == straight["global_step"]
+        assert not torch.equal(straight["model_state"]["head.conv.weight"],
+                               straight["train_model_state"]["head.conv.weight"])
     for key, state in straight["optimizer_state"]["state"].items():
         for name, value in state.items():
             assert torch.equal(resumed["optimizer_state"]["state"][key][name], value), (key, name)
@@ -435,15 +451,135 @@ def test_fp16_loss_scaling_on_cpu_skips_steps_with_infinite_gradients(
     assert saved["history"][0]["train"]["l1"] > 0  # the loss itself was finite
 
 
+def _task_for(argv: List[str]) -> Tuple[cli.Run, Any, DepthTask]:
+    """What train_rgb_depth.main builds before fitting: (run, data, task)."""
+    run = cli.start_run(cli.build_parser("teacher", None), argv)
+    data = build_data(run.args, run.context, use_rgb=True)
+    return run, data, DepthTask(build_model("rgb_depth", **run.model_config()), RGB, data.max_depth)
+
+
 def _fit_directly(data_root: Path, tmp_path: Path, name: str, *extra: str) -> Tuple[DepthTask,
                                                                                    Dict[str, Any]]:
     """What train_rgb_depth.main does, keeping the task to look at."""
-    run = cli.start_run(cli.build_parser("teacher", None),
-                        train_argv(data_root, tmp_path, name, "--nb_epochs", "1", *extra))
-    data = build_data(run.args, run.context, use_rgb=True)
-    task = DepthTask(build_model("rgb_depth", **run.model_config()), RGB, data.max_depth)
+    run, data, task = _task_for(train_argv(data_root, tmp_path, name, "--nb_epochs", "1", *extra))
     fit(task, data, run)
     return task, load_checkpoint(tmp_path / name / LAST_CHECKPOINT)
+
+
+def _copy(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in state.items()}
+
+
+def test_the_ema_is_validated_saved_and_evaluated_and_averages_the_model_only(
+        data_root: Path, tmp_path: Path) -> None:
+    """A task with a trainable adapter, --ema_decay 0.5, one epoch of 2 steps: the saved model is
+    the EMA of the weights after each step, by hand (decay 0.1, then 2/11: the warm-up); the
+    validation, best_model.pth and evaluate.py all use it; the trained weights and the adapter
+    are saved as trained."""
+    argv = train_argv(data_root, tmp_path, "ema", "--nb_epochs", "1", "--ema_decay", "0.5",
+                      "--learning_rate", "0.01")
+    run = cli.start_run(cli.build_parser("teacher", None), argv)
+    data = build_data(run.args, run.context, use_rgb=True)
+    task = ProbeTask(build_model("rgb_depth", **run.model_config()), data.max_depth)
+    weights = [_copy(task.model.state_dict())]
+    handle = register_optimizer_step_post_hook(
+        lambda *_: weights.append(_copy(task.model.state_dict())))
+    try:
+        fit(task, data, run)
+    finally:
+        handle.remove()
+    saved = load_checkpoint(tmp_path / "ema" / LAST_CHECKPOINT)
+    assert saved["global_step"] == saved["ema_updates"] == 2 and len(weights) == 3
+    initial, first, second = weights
+    for key, value in saved["model_state"].items():
+        if value.is_floating_point():  # parameters and BatchNorm statistics
+            after_first = 0.1 * initial[key] + 0.9 * first[key]
+            torch.testing.assert_close(value, (2 * after_first + 9 * second[key]) / 11, msg=key)
+        else:
+            assert torch.equal(value, second[key]), key  # num_batches_tracked: copied
+    for key, value in task.model.state_dict().items():
+        assert torch.equal(saved["train_model_state"][key], value), key
+    assert torch.equal(saved["extra_states"]["adapter"]["weight"], task.adapter.weight)
+
+    best = tmp_path / "ema" / BEST_CHECKPOINT
+    for key, value in saved["model_state"].items():
+        assert torch.equal(load_checkpoint(best)["model_state"][key], value), key
+    validated = saved["history"][0]["val"]["rmse"]
+    assert saved["best_score"] == validated
+    evaluated = evaluate.evaluate_checkpoint(best, split="val", out_dir=tmp_path / "eval")
+    assert evaluated["rmse"] == pytest.approx(validated, rel=1e-6)
+    trained = tmp_path / "trained.pth"  # the same checkpoint holding the trained weights
+    torch.save(dict(saved, model_state=saved["train_model_state"]), trained)
+    evaluated = evaluate.evaluate_checkpoint(trained, split="val", out_dir=tmp_path / "eval")
+    assert evaluated["rmse"] != pytest.approx(validated, rel=1e-4)
+
+
+def test_a_step_skipped_by_fp16_loss_scaling_does_not_update_the_ema(
+        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first of two steps overflows: one EMA update (decay 0.1), after the second step."""
+    training_calls = {"n": 0}
+
+    def l1_with_inf_gradient_first(pred: torch.Tensor, target: torch.Tensor,
+                                   valid: torch.Tensor) -> torch.Tensor:
+        if pred.requires_grad:
+            training_calls["n"] += 1
+            if training_calls["n"] == 1:
+                pred = InfGradient.apply(pred)
+        return losses.masked_l1(pred, target, valid)
+
+    monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_inf_gradient_first)
+    run, data, task = _task_for(train_argv(data_root, tmp_path, "fp16", "--nb_epochs", "1",
+                                           "--amp", "fp16", "--ema_decay", "0.5"))
+    initial = _copy(task.model.state_dict())
+    fit(task, data, run)
+    saved = load_checkpoint(tmp_path / "fp16" / LAST_CHECKPOINT)
+    assert saved["global_step"] == 2 and saved["ema_updates"] == 1
+    assert saved["scaler_state"]["scale"] == 65536.0 * 0.5  # one skipped step
+    trained = saved["train_model_state"]
+    for key, value in saved["model_state"].items():
+        expected = 0.1 * initial[key] + 0.9 * trained[key] if value.is_floating_point() else (
+            trained[key])
+        torch.testing.assert_close(value, expected, msg=key)
+
+
+def test_resume_starts_continues_or_drops_the_ema(
+        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train_rgb_depth.main(train_argv(data_root, tmp_path, "run", "--nb_epochs", "1"))
+    run_dir = tmp_path / "run"
+    last = run_dir / LAST_CHECKPOINT
+    resume = ["--resume", str(run_dir), "--num_workers", "0"]
+
+    def trainer(*flags: str) -> Trainer:
+        """The resumed run's trainer, as built before its first epoch (nothing is written)."""
+        return Trainer(*reversed(_task_for([*resume, *flags])))  # type: ignore[arg-type]
+
+    def holds(state: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor]) -> bool:
+        return all(torch.equal(state[key], value) for key, value in expected.items())
+
+    plain = load_checkpoint(last)
+    capsys.readouterr()
+    started = trainer("--ema_decay", "0.5")
+    assert capsys.readouterr().out == (
+        f"--ema_decay 0.5: {last} holds no weight average; one starts from its weights\n")
+    assert started.ema is not None and started.ema.updates == 0
+    assert holds(started.ema.state_dict(), plain["model_state"])
+    assert holds(started.task.model.state_dict(), plain["model_state"])
+
+    train_rgb_depth.main([*resume, "--nb_epochs", "2", "--ema_decay", "0.5"])
+    averaged = load_checkpoint(last)
+    assert averaged["global_step"] == 4 and averaged["ema_updates"] == 2  # epoch 2's steps
+    continued = trainer()  # the run's own --ema_decay 0.5
+    assert continued.ema is not None and continued.ema.updates == 2
+    assert continued.ema.decay == 0.5
+    assert holds(continued.ema.state_dict(), averaged["model_state"])
+    assert holds(continued.task.model.state_dict(), averaged["train_model_state"])
+
+    capsys.readouterr()
+    dropped = trainer("--ema_decay", "0")
+    assert capsys.readouterr().out == (f"--ema_decay 0: training on from {last}'s training "
+                                       "weights; its weight average is dropped\n")
+    assert dropped.ema is None
+    assert holds(dropped.task.model.state_dict(), averaged["train_model_state"])
 
 
 def test_channels_last_trains_like_the_default_layout(data_root: Path, tmp_path: Path) -> None:

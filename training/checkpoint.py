@@ -62,7 +62,9 @@ class Checkpoint(TypedDict):
         model_name: ``model.model_name``; ``models.build_model(model_name, **model_config)``
             rebuilds the network.
         model_config: the model's constructor kwargs (``model.config``).
-        model_state: the model's ``state_dict``.
+        model_state: the weights to use (what :func:`load_model` loads): the model's
+            ``state_dict``, or under ``--ema_decay`` the exponential moving average of it
+            (:class:`training.ema.WeightEma`).
         extra_states: ``state_dict`` of every other trainable module of the task (e.g. the
             distillation adapters), by attribute name; frozen modules (a teacher) are not stored.
         optimizer_state, scheduler_state: their ``state_dict``.
@@ -77,6 +79,10 @@ class Checkpoint(TypedDict):
         args: the run's resolved command-line arguments.
         identity: the run's :func:`training.identity.run_identity` (absent in checkpoints written
             before runs recorded one; they still load).
+        train_model_state: under ``--ema_decay`` only: the weights being trained, whose average
+            is ``model_state``; a resumed run trains on from them (:func:`training_weights`).
+        ema_updates: under ``--ema_decay`` only: the updates the average has had (optimizer
+            steps taken since it started), which set its decay warm-up.
     """
 
     format_version: int
@@ -96,6 +102,8 @@ class Checkpoint(TypedDict):
     rng: Dict[str, Any]
     args: Dict[str, Any]
     identity: NotRequired[Dict[str, Any]]
+    train_model_state: NotRequired[Dict[str, torch.Tensor]]
+    ema_updates: NotRequired[int]
 
 
 def atomic_write(path: "str | os.PathLike[str]", write: Callable[[Path], None]) -> None:
@@ -326,6 +334,12 @@ def load_model(
     model = build_model(checkpoint["model_name"], **checkpoint["model_config"])
     model.load_state_dict(checkpoint["model_state"])
     return model.to(device).eval()
+
+
+def training_weights(checkpoint: Checkpoint) -> Dict[str, torch.Tensor]:
+    """The weights a resumed run trains on: ``train_model_state`` when ``model_state`` holds
+    their moving average, else ``model_state``."""
+    return checkpoint.get("train_model_state", checkpoint["model_state"])
 
 
 def check_model_name(checkpoint: Checkpoint, expected_name: Optional[str],

@@ -107,6 +107,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def ema_decay(text: str) -> float:
+    """argparse type of ``--ema_decay``: a number in [0, 1) (0: no weight average)."""
+    value = non_negative_float(text)
+    if not value < 1:
+        raise argparse.ArgumentTypeError(f"must be < 1, got {text}")
+    return value
+
+
 def image_size(text: str) -> int:
     """argparse type: a side in pixels, >= 16 and divisible by 16 (four 2x poolings)."""
     value = positive_int(text)
@@ -213,6 +221,13 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
                           "RGB view when the batch has one; 0: off)")
     opt.add_argument("--grad_clip", type=non_negative_float, default=0.0,
                      help="clip the global gradient norm to this (0: off)")
+    opt.add_argument("--ema_decay", type=ema_decay, default=0.0,
+                     help="exponential moving average of the weights, updated after every "
+                          "optimizer step taken, with decay min(this, (1 + t) / (10 + t)) at the "
+                          "t-th update; the average is validated, picks the best epoch and is "
+                          "saved as the model (what evaluate.py, predict.py and a distillation "
+                          "teacher load), the trained weights beside it for --resume. 0: off; "
+                          "0.999 averages over about the last 1000 steps")
     opt.add_argument("--amp", choices=AMP_MODES, default="none",
                      help="mixed precision through torch.autocast; fp16 adds a gradient scaler "
                           "(a step whose gradients overflow is skipped). Runs on CPU too, where "

@@ -9,8 +9,8 @@ Plugging in a new task
 Subclass :class:`Task` (or :class:`DepthTask`, to reuse the supervised terms):
 
 * set ``self.model``: the network being trained. It must have ``model_name`` and ``config``;
-  its weights, name and config become the checkpoint's model (what ``evaluate.py`` and
-  ``predict.py`` rebuild);
+  its weights (or their moving average, see below), name and config become the checkpoint's
+  model (what ``evaluate.py``, ``predict.py`` and a distillation teacher rebuild);
 * set ``self.input_key``: the batch key the model reads (``"rgb"`` or ``"audio"``), drawn in the
   validation pictures;
 * implement ``forward(batch) -> (depth, losses)``: ``depth`` (B, 1, H, W) in metres is what the
@@ -40,6 +40,17 @@ cut short with ``--stop_after_epochs``), ``last_model.pth`` after every epoch an
 on CPU, stopping after epoch k and resuming gives bit-identical weights to an uninterrupted run.
 
 A flag the device cannot honour (:func:`check_device_flags`) is a one-line error.
+
+Weight averaging (``--ema_decay`` > 0): a :class:`training.ema.WeightEma` of ``task.model`` only
+(parameters and BatchNorm statistics; not the other trainable children, e.g. distillation
+adapters) is updated after every optimizer step that is taken (a step that fp16 loss scaling
+skips is not), with the decay warm-up documented there. The average is what the run validates,
+draws, selects ``best_model.pth`` by and saves as the checkpoint's ``model_state``; the trained
+weights are saved beside it as ``train_model_state`` with the update count ``ema_updates``, and a
+resumed run continues both exactly. Under torchrun every rank keeps the same average (rank 0's
+averaged BatchNorm statistics are given to all before validating). Resuming a run without an
+average under ``--ema_decay`` starts one from the resumed weights; resuming with
+``--ema_decay 0`` trains on from ``train_model_state`` and drops the average.
 
 Finite or nothing: every step checks that the loss terms and the total gradient norm are finite
 before the optimizer step (under fp16 loss scaling an infinite gradient is the scaler's cue to
@@ -83,11 +94,12 @@ from training.checkpoint import (
     BEST_CHECKPOINT, CONFIG_FILE, FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE, RUN_FILES,
     VAL_BEST_PICTURE, VAL_LAST_PICTURE, Checkpoint, atomic_write, capture_rng_state, check_finite,
     clear_run_folder, describe_names, load_checkpoint, non_finite_tensors, remove_temporaries,
-    restore_rng_state, save_checkpoint, write_json,
+    restore_rng_state, save_checkpoint, training_weights, write_json,
 )
 from training.cli import Run, write_resolved_config
 from training.data import Data, mirror_batch, mirror_flags
 from training.device import DistContext
+from training.ema import WeightEma, swapped_weights
 from training.errors import TrainingError, UsageError
 from training.identity import resume_differences, run_identity
 from training.losses import edge_aware_smoothness, get_criterion
@@ -279,10 +291,11 @@ def _sum_over_ranks(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return tensor
 
 
-def _sync_buffers(task: Task, context: DistContext) -> None:
-    """Give every rank rank 0's buffers (BatchNorm statistics), the ones rank 0 saves."""
+def _sync_buffers(task: Task, ema: Optional[WeightEma], context: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics) and, with an EMA, rank 0's
+    averages of them: the ones rank 0 saves."""
     if context.distributed:
-        for buffer in task.buffers():
+        for buffer in [*task.buffers(), *(ema.buffers() if ema is not None else [])]:
             dist.broadcast(buffer, src=0)
 
 
@@ -436,6 +449,8 @@ class Trainer:
         if self.context.distributed:
             self.step_module = DistributedDataParallel(
                 task, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # After DDP has given every rank rank 0's weights: the averages start out equal too.
+        self.ema = self._start_ema()
         self.tracker = Tracker(run.run_dir, self.context.is_main,
                                DepthMetrics(self.args.valid_threshold).protocol(),
                                self.args.use_wandb, self.args.wandb_project,
@@ -447,7 +462,7 @@ class Trainer:
         checkpoint, args = self.run.checkpoint, self.args
         assert checkpoint is not None and self.run.checkpoint_path is not None
         check_finite(checkpoint, self.run.checkpoint_path)
-        self.task.model.load_state_dict(checkpoint["model_state"])
+        self.task.model.load_state_dict(training_weights(checkpoint))
         for name, child in trainable_children(self.task).items():
             if name not in checkpoint["extra_states"]:
                 raise DataError(self.run.checkpoint_path,
@@ -467,6 +482,32 @@ class Trainer:
         return TrainState(epoch=checkpoint["epoch"], global_step=checkpoint["global_step"],
                           best_score=checkpoint["best_score"], best_epoch=checkpoint["best_epoch"],
                           history=list(checkpoint["history"]))
+
+    def _start_ema(self) -> Optional[WeightEma]:
+        """The average of ``--ema_decay`` (``None`` when 0): the resumed checkpoint's when it has
+        one, else a new one from the current (initial or resumed) weights."""
+        checkpoint, path = self.run.checkpoint, self.run.checkpoint_path
+        averaged = checkpoint is not None and "train_model_state" in checkpoint
+        if self.args.ema_decay == 0:
+            if averaged and self.context.is_main:
+                print(f"--ema_decay 0: training on from {path}'s training weights; its weight "
+                      "average is dropped")
+            return None
+        ema = WeightEma(self.task.model, self.args.ema_decay)
+        if averaged:
+            assert checkpoint is not None
+            ema.load_state_dict(checkpoint["model_state"], checkpoint["ema_updates"])
+        elif checkpoint is not None and self.context.is_main:
+            print(f"--ema_decay {self.args.ema_decay}: {path} holds no weight average; one "
+                  "starts from its weights")
+        return ema
+
+    def _evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """Within it the model holds the weights that are validated and saved as the model:
+        the EMA's, or its own."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return swapped_weights(self.task.model, self.ema.state_dict())
 
     def fit(self) -> Dict[str, Any]:
         """See :func:`fit`."""
@@ -523,9 +564,10 @@ class Trainer:
             save_checkpoint(best, record)
             if self.args.num_val_images > 0:
                 headline = format_metrics(record["metrics"], ("rmse", "abs_rel", "delta1"))
-                self._draw_pictures(run.run_dir / VAL_BEST_PICTURE,
-                                    f"{self.args.experiment_name}, epoch {record['epoch']}: "
-                                    f"val {headline}")
+                with swapped_weights(self.task.model, record["model_state"]):
+                    self._draw_pictures(run.run_dir / VAL_BEST_PICTURE,
+                                        f"{self.args.experiment_name}, epoch {record['epoch']}: "
+                                        f"val {headline}")
             print(f"{best} did not hold the best epoch {record['best_epoch']} that {source} "
                   "records: rewritten from it")
             return
@@ -570,8 +612,7 @@ class Trainer:
             self._check_step(names, values, grad_norm, epoch)
             if args.grad_clip > 0 and grad_norm is not None:
                 nn.utils.clip_grads_with_norm_(self.parameters, args.grad_clip, grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._optimizer_step()
             self.scheduler.step()
             state.global_step += 1
             sums = values * size if sums is None else sums + values * size
@@ -585,6 +626,20 @@ class Trainer:
         assert sums is not None, "the training split gave no batch"
         means = _sum_over_ranks(sums, self.context) / _sum_over_ranks(count, self.context)
         return dict(zip(names, means.tolist()))
+
+    def _optimizer_step(self) -> None:
+        """Step the optimizer through the loss scaler, then the EMA if the step was taken.
+
+        A step that fp16 loss scaling skips (overflowed gradients) is the only event that lowers
+        the scale, so a lower scale after ``update`` means no step. Read only with an EMA: it
+        synchronises with the device.
+        """
+        watch = self.ema is not None and self.scaler.is_enabled()
+        scale = self.scaler.get_scale() if watch else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None and (scale is None or self.scaler.get_scale() >= scale):
+            self.ema.update()
 
     def _gradient_norm(self) -> Optional[torch.Tensor]:
         """The total L2 norm of the (unscaled) gradients; ``None`` under fp16 loss scaling
@@ -632,11 +687,17 @@ class Trainer:
         return TrainingError(f"{what}; stopped, {kept}")
 
     def _saved_states(self) -> Dict[str, Any]:
-        """The tensors a checkpoint stores: model, trainable extra modules, optimizer state."""
-        return {"model_state": self.task.model.state_dict(),
-                "extra_states": {name: child.state_dict()
-                                 for name, child in trainable_children(self.task).items()},
-                "optimizer_state": self.optimizer.state_dict()}
+        """The trained state a checkpoint stores: model, trainable extra modules, optimizer
+        state and, with an EMA, the averaged weights as the model beside the trained ones."""
+        states: Dict[str, Any] = {
+            "model_state": self.task.model.state_dict(),
+            "extra_states": {name: child.state_dict()
+                             for name, child in trainable_children(self.task).items()},
+            "optimizer_state": self.optimizer.state_dict()}
+        if self.ema is not None:
+            states.update(model_state=self.ema.state_dict(),
+                          train_model_state=states["model_state"], ema_updates=self.ema.updates)
+        return states
 
     def _check_finite_state(self, epoch: int) -> None:
         """Stop when a weight, buffer or optimizer state that a checkpoint would store is not
@@ -662,11 +723,13 @@ class Trainer:
                 validation loss or metric; nothing of this epoch is written.
         """
         args, state, run = self.args, self.state, self.run
-        _sync_buffers(self.task, self.context)
+        _sync_buffers(self.task, self.ema, self.context)
         self._check_finite_state(state.epoch)
         metrics = DepthMetrics(args.valid_threshold, device=self.device)
-        val_losses = validate(self.task, self.data.val_loader, self.device, metrics, self.context,
-                              self.autocast_dtype, memory_format=self.memory_format)
+        with self._evaluated_weights():
+            val_losses = validate(self.task, self.data.val_loader, self.device, metrics,
+                                  self.context, self.autocast_dtype,
+                                  memory_format=self.memory_format)
         scores = metrics.compute()
         # Reduced over ranks, so every rank decides alike.
         non_finite = [f"{name}={value}" for name, value in {**val_losses, **scores}.items()
@@ -696,8 +759,9 @@ class Trainer:
         headline = format_metrics(scores, ("rmse", "abs_rel", "delta1"))
         if args.num_val_images > 0:
             picture = run.run_dir / VAL_LAST_PICTURE
-            self._draw_pictures(picture,
-                                f"{args.experiment_name}, epoch {state.epoch}: val {headline}")
+            with self._evaluated_weights():
+                self._draw_pictures(picture,
+                                    f"{args.experiment_name}, epoch {state.epoch}: val {headline}")
             self.tracker.log_picture(picture, "val/pictures")
             if improved:
                 atomic_write(run.run_dir / VAL_BEST_PICTURE,
@@ -720,7 +784,8 @@ class Trainer:
         )
 
     def _draw_pictures(self, path: Path, title: str) -> None:
-        """The first ``--num_val_images`` validation samples: input | GT | prediction | error."""
+        """The first ``--num_val_images`` validation samples: input | GT | prediction | error,
+        predicted with the model's current weights."""
         dataset = self.data.val_dataset
         samples = [dataset[i] for i in range(min(self.args.num_val_images, len(dataset)))]
         batch = to_device(default_collate(samples), self.device, self.memory_format)
