@@ -234,6 +234,12 @@ def _keep_locations(available: Sequence[str], requested: Optional[Iterable[str]]
 MIN_MEDIAN_DEPTH_MM = 50.0
 
 
+def spread_indices(length: int, count: int) -> np.ndarray:
+    """Up to ``count`` distinct indices spread evenly over ``range(length)``, first and last
+    included: a cheap, deterministic sample of a split that covers all its locations."""
+    return np.unique(np.linspace(0, length - 1, min(length, count)).round().astype(int))
+
+
 def check_labels(dataset: "_BatvisionDataset", max_files: int = 32) -> None:
     """Stop on a split whose depth labels cannot be right, from a cheap deterministic sample.
 
@@ -251,7 +257,7 @@ def check_labels(dataset: "_BatvisionDataset", max_files: int = 32) -> None:
         DataError: naming the dataset root, the split and the evidence; or an unreadable map.
     """
     n = len(dataset.records)
-    picks = np.unique(np.linspace(0, n - 1, min(n, max_files)).round().astype(int))
+    picks = spread_indices(n, max_files)
     medians: List[float] = []
     example: Optional[Path] = None
     for i in picks:

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
-from datasets.batvision import check_labels
+from datasets.batvision import check_labels, spread_indices
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first, uses_cuda
 from training.errors import UsageError
@@ -334,7 +334,7 @@ def median_valid_depth(dataset: Dataset, max_samples: int = 64) -> float:
     Raises:
         UsageError: no valid pixel in the samples read.
     """
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_samples, len(dataset))).round())
+    picks = spread_indices(len(dataset), max_samples)
     depths = [dataset[int(i)][DEPTH] for i in picks]
     valid = torch.cat([d[d > 0] for d in depths])
     if valid.numel() == 0:

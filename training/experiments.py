@@ -39,6 +39,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from datasets.batvision import spread_indices
 from datasets.sample import AUDIO, DEPTH, META, RGB, VALID
 from training import cli
 from training.checkpoint import (
@@ -881,7 +882,7 @@ def save_picture_grid(path: Path, columns: Dict[str, Path], count: int,
     def test_batch(checkpoint: Checkpoint, use_rgb: bool) -> Dict[str, Any]:
         args = argparse.Namespace(**checkpoint["args"])
         test_set = build_dataset(args, resolve_data_root(args, DistContext()), "test", use_rgb)
-        picks = np.linspace(0, len(test_set) - 1, min(count, len(test_set))).round().astype(int)
+        picks = spread_indices(len(test_set), count)
         return default_collate([test_set[int(i)] for i in picks])
 
     checkpoints = {title: load_checkpoint(p) for title, p in columns.items()}
