@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from training import device
-from training.device import busy_cores, configure_threads, free_core_threads, usable_cpus
+from training.device import (
+    busy_cores, configure_threads, default_num_workers, free_core_threads, usable_cpus,
+)
 from training.errors import UsageError
 
 
@@ -92,6 +94,23 @@ def test_auto_uses_the_free_cores(monkeypatch: pytest.MonkeyPatch, load, expecte
 ])
 def test_free_core_threads(busy: float, cpus: int, cap: int, expected: int) -> None:
     assert free_core_threads(busy, cpus, cap) == expected
+
+
+@pytest.mark.parametrize("device_name, cpus, local_processes, expected", [
+    ("cpu", 16, None, 0),     # the compute threads hold every free core
+    ("cuda", 16, None, 8),    # capped
+    ("cuda:1", 4, None, 3),   # one core left to the process feeding the GPU
+    ("cuda", 1, None, 0),
+    ("cuda", 16, "4", 3),     # torchrun, 4 processes on the node: 4 cores each
+])
+def test_default_num_workers(monkeypatch: pytest.MonkeyPatch, device_name: str, cpus: int,
+                             local_processes, expected: int) -> None:
+    monkeypatch.setattr(device, "usable_cpus", lambda: cpus)
+    if local_processes is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_processes)
+    assert default_num_workers(device_name) == expected
 
 
 def _stat_text(user: int, idle: int) -> str:

@@ -37,6 +37,8 @@ LOAD_WINDOW_S = 0.25
 # parallel region (2.6x per step in issue 10), a core left unused costs at most its share of the
 # work, so a partly busy core is left alone.
 FREE_CORE_IDLE = 0.75
+# DataLoader workers per GPU process at most (the full preset's value; not measured on a GPU).
+MAX_CUDA_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,26 @@ def configure_threads(spec: str, device: str = "auto") -> int:
         threads = cap if load is None else free_core_threads(*load, cap=cap)
     torch.set_num_threads(threads)
     return threads
+
+
+def default_num_workers(device_name: str) -> int:
+    """DataLoader worker processes for a run that did not choose (``--num_workers auto``).
+
+    CPU: none. :func:`configure_threads` gives the compute threads every free core, so a worker
+    process can only run on a core they use and stalls them as any competing process does; with
+    the preprocessing cache a sample is a memory-mapped read, with nothing to overlap. (Without
+    the cache, on a machine with cores to spare, ``--threads N-1 --num_workers 1`` overlaps the
+    decoding.)
+    CUDA: the cores of this process's share of the machine (``LOCAL_WORLD_SIZE`` processes
+    under torchrun) less one for the process feeding the GPU, at most ``MAX_CUDA_WORKERS``.
+
+    Args:
+        device_name: the ``--device`` flag (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+    """
+    if not uses_cuda(device_name):
+        return 0
+    share = usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_CUDA_WORKERS, share - 1))
 
 
 def init_distributed(device_name: str) -> DistContext:
