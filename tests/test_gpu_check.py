@@ -1,0 +1,63 @@
+"""benchmarks/gpu_check.py: its goal verdict, and its dry mode end to end on the CPU (every
+section's code path at tiny sizes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+
+from benchmarks import gpu_check
+
+
+def _row(model: str = "student", precision: str = "bf16", samples_per_s: float = 950.0,
+         status: str = "ok", mode: str = "train") -> Dict[str, Any]:
+    return {"model": model, "mode": mode, "precision": precision, "status": status,
+            "samples_per_s": samples_per_s if status == "ok" else None}
+
+
+def test_goal_takes_the_best_bf16_student_training_row() -> None:
+    rows = [_row(samples_per_s=700.0), _row(samples_per_s=910.0),
+            _row(precision="fp16", samples_per_s=2000.0), _row(model="teacher", samples_per_s=5e3),
+            _row(mode="eval", samples_per_s=4e3)]
+    verdict = gpu_check.goal_verdict(rows, dry=False)
+    assert (verdict["verdict"], verdict["samples_per_s"]) == ("met", 910.0)
+    verdict = gpu_check.goal_verdict(rows[:1] + rows[2:], dry=False)
+    assert (verdict["verdict"], verdict["samples_per_s"]) == ("not met", 700.0)
+
+
+def test_goal_is_not_measured_in_dry_mode_or_without_a_row_that_ran() -> None:
+    assert gpu_check.goal_verdict([_row()], dry=True)["verdict"] == "not measured"
+    assert gpu_check.goal_verdict([_row(status="out of memory")],
+                                  dry=False)["verdict"] == "not measured"
+
+
+@pytest.mark.slow
+def test_dry_mode_runs_every_section_on_the_cpu(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "check.json"
+    report = gpu_check.main(["--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["mode"].startswith("dry") and report["sizes"]["image_size"] == 32
+
+    trained = {(r["model"], r["precision"], r["channels_last"], r["compile"])
+               for r in report["training"]}
+    assert trained == {(model, *variant) for model in ("teacher", "student")
+                       for variant in gpu_check.VARIANTS}
+    assert {(r["model"], r["channels_last"]) for r in report["evaluation"]} == {
+        (model, layout) for model in ("teacher", "student") for layout in (False, True)}
+    for row in report["training"] + report["evaluation"]:
+        assert row["status"] == "ok" and row["samples_per_s"] > 0, row
+        assert row["peak_memory_gib"] is None  # measured on CUDA only
+
+    assert report["ddp"]["backend"] == "gloo" and report["ddp"]["status"] == "ok"
+    names = [r["name"] for r in report["scripts"]]
+    assert names == ["torchrun train_rgb_depth.py", "evaluate.py teacher",
+                     "torchrun train_binaural_attention.py", "evaluate.py student",
+                     "torchrun train_distillation.py", "evaluate.py distillation"]
+    for result in report["scripts"]:
+        assert result["returncode"] == 0, result
+        assert "--device cpu" in result["command"] and "--amp bf16" not in result["command"]
+    assert report["goal"]["verdict"] == "not measured"
+    assert "not measured" in capsys.readouterr().out
