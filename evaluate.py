@@ -30,7 +30,9 @@ from training.checkpoint import (
     load_checkpoint, load_model, write_json,
 )
 from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
-from training.device import DistContext, resolve_device
+from training.device import (
+    DistContext, configure_threads, default_num_workers, resolve_device,
+)
 from training.engine import DepthTask, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
@@ -53,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{EVALUATION_PREFIX}<split>")
     parser.add_argument("--batch_size", type=cli.positive_int, default=16,
                         help="images per forward pass")
-    parser.add_argument("--num_workers", type=cli.non_negative_int, default=2,
-                        help="DataLoader worker processes")
+    parser.add_argument("--num_workers", type=cli.worker_count, default="auto",
+                        help="DataLoader worker processes (auto: as the training scripts)")
+    parser.add_argument("--threads", type=cli.thread_count, default="auto",
+                        help="CPU threads for torch's kernels (auto: the idle cores, as the "
+                             "training scripts)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available, else cpu), cpu, cuda")
     parser.add_argument("--valid_threshold", type=cli.non_negative_float, default=None,
@@ -93,8 +98,9 @@ def evaluate_checkpoint(
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
         ``checkpoint``, ``dataset``, ``data_root``, ``model_name``, the metric ``protocol``,
-        ``protocols`` (protocol name → metrics: the run's own rule and ``bv2_min0.5``, gt >= 0.5 m)
-        with their ``protocol_definitions``, ``checkpoint_fingerprint`` (:func:`training.identity.checkpoint_fingerprint`),
+        ``protocols`` (protocol name → metrics: the run's own rule and ``bv2_min0.5``,
+        gt >= 0.5 m) with their ``protocol_definitions``, ``checkpoint_fingerprint``
+        (:func:`training.identity.checkpoint_fingerprint`),
         ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one) and
         ``data_fingerprint`` (the evaluated split's).
 
@@ -171,6 +177,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, evaluate, print the table."""
     args = build_parser().parse_args(argv)
     with cli.user_errors():
+        configure_threads(args.threads, args.device)
+        if args.num_workers == "auto":
+            args.num_workers = default_num_workers(args.device)
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
             args.num_workers, args.device, args.valid_threshold)

@@ -29,7 +29,7 @@ from datasets.sample import RGB
 from training import cli
 from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model
 from training.data import MODEL_INPUTS, READERS
-from training.device import resolve_device
+from training.device import configure_threads, resolve_device
 from training.errors import UsageError
 from training.tracking import save_depth_picture
 
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output file prefix; None: the input file's name")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available, else cpu), cpu, cuda")
+    parser.add_argument("--threads", type=cli.thread_count, default="auto",
+                        help="CPU threads for torch's kernels (auto: the idle cores, as the "
+                             "training scripts)")
     return parser
 
 
@@ -92,6 +95,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         path = path / BEST_CHECKPOINT if path.is_dir() else path
         saved = load_checkpoint(path)
         device = resolve_device(args.device)
+        configure_threads(args.threads, args.device)
         model = load_model(saved, device, path=path)
         x, default_name = model_input(args, saved["args"], saved["model_name"])
     with torch.no_grad():

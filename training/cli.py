@@ -37,7 +37,8 @@ from training.checkpoint import (
 )
 from training.data import DATASETS, resolve_dataset
 from training.device import (
-    DistContext, configure_threads, init_distributed, resolve_device, seed_everything,
+    DistContext, configure_threads, default_num_workers, init_distributed, resolve_device,
+    seed_everything,
 )
 from training.errors import TrainingError, UsageError
 from training.losses import CRITERIA
@@ -128,6 +129,11 @@ def head_init_depth(text: str) -> "str | float":
     return text if text == "median" else positive_float(text)
 
 
+def worker_count(text: str) -> "str | int":
+    """argparse type of ``--num_workers``: ``auto`` or an integer >= 0."""
+    return text if text == "auto" else non_negative_int(text)
+
+
 def thread_count(text: str) -> str:
     """argparse type of ``--threads``: ``auto`` or a positive integer (kept as text)."""
     if text != "auto":
@@ -180,8 +186,10 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     data.add_argument("--cache_dir", default=None,
                       help="preprocess each split once into this folder and train from it "
                            "(None: no cache, decode every epoch)")
-    data.add_argument("--num_workers", type=non_negative_int, default=2,
-                      help="DataLoader worker processes")
+    data.add_argument("--num_workers", type=worker_count, default="auto",
+                      help="DataLoader worker processes. auto: none on a CPU (the compute threads "
+                           "already hold every free core), the cores per process less one on "
+                           "CUDA (at most 8)")
     data.add_argument("--mirror_augment", action="store_true",
                       help="mirror half the training samples left-right: flip depth and RGB, "
                            "swap the two ears")
@@ -644,6 +652,8 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) ->
     context = init_distributed(args.device)
     device = resolve_device(args.device, context.local_rank)
     configure_threads(args.threads, args.device)
+    if args.num_workers == "auto":
+        args.num_workers = default_num_workers(args.device)
     model_name = model_name_of(args)
     resolve_dataset(args)  # before anything is named after it or written
     if args.experiment_name is None:
