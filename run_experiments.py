@@ -5,8 +5,9 @@ Presets (the rows, config files and sizes live in training/experiments.py):
             rows: RGB teacher, official BatVision U-Net, audio-only student, the recommended
             KD student (configs/synthetic/kd.yaml), and two depth priors.
   standard  the config files' benchmark: configs/synthetic/*.yaml at 128x128, 20 epochs,
-            batch 8, 15 m, 3 seeds; the rows of quick plus every KD variant (depth; depth +
-            d1..d4 features; confidence-weighted; encoder-feature ablation x1..x5).
+            batch 8, 15 m, 3 seeds; the rows of quick (whose KD row is depth KD) plus the
+            other KD variants (depth + d1..d4 features; confidence-weighted; the
+            encoder-feature ablation x1..x5).
   full      real BatVision V2 on a GPU (configs/batvisionv2/*.yaml, 256x256, 80 epochs).
 
 Each run is a train_*.py command line (printed before it runs) with its config file plus the

@@ -107,7 +107,7 @@ def test_quick_goal_line_compares_the_best_audio_row_with_the_official_unet() ->
 def test_standard_goal_lines_on_hand_made_numbers() -> None:
     summary = [_entry(OFFICIAL_UNET, 0.800, 0.01, seconds=400.0),
                _entry(AUDIO_ONLY, 0.700, 0.020, seconds=500.0),
-               _entry("kd_depth", 0.650, 0.010), _entry("kd", 0.660, 0.001)]
+               _entry("kd_depth_features", 0.650, 0.010), _entry("kd", 0.660, 0.001)]
     lines = goal_lines(summary, "standard")
     assert lines == [
         # 0.700 / 0.800 = 0.875 <= 0.90
@@ -115,9 +115,9 @@ def test_standard_goal_lines_on_hand_made_numbers() -> None:
         # 500 / 400 = 1.25 <= 1.5
         "- Audio-only training time <= 1.5 x the official U-Net's: met (500 vs 400 s, "
         "ratio 1.25).",
-        # best KD = kd_depth: 0.650 / 0.800 = 0.8125 > 0.80
+        # best KD = kd_depth_features: 0.650 / 0.800 = 0.8125 > 0.80
         "- Best KD RMSE <= 0.80 x the official U-Net's: not met (0.650 vs 0.800 m, ratio 0.812; "
-        "best KD: kd_depth).",
+        "best KD: kd_depth_features).",
         # gain 0.05 > 2 x max(0.020, 0.010) = 0.04
         "- KD gain larger than 2 x the larger seed std: met (gain 0.700 - 0.650 = 0.050 m vs "
         "2 x 0.020 = 0.040 m, 3 seeds).",

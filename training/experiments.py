@@ -100,10 +100,9 @@ TEACHER_ROW = Experiment(TEACHER, "RGB teacher (upper bound)", "teacher", "teach
 OFFICIAL_ROW = Experiment(OFFICIAL_UNET, "official BatVision U-Net (reference, last epoch)",
                           "student", "official_unet", ("--model", "official_unet"), scored=LAST)
 AUDIO_ROW = Experiment(AUDIO_ONLY, "audio only (our student)", "student", "student")
-KD_ROW = Experiment("kd", "audio + KD (recommended, kd.yaml)", "kd", "kd")
+KD_ROW = Experiment("kd", "audio + KD (recommended, kd.yaml: depth KD)", "kd", "kd")
+# Variants of kd.yaml; its own row is the depth-only one, so that variant is not trained twice.
 KD_VARIANTS = (
-    Experiment("kd_depth", "audio + KD depth", "kd", "kd",
-               ("--lambda_depth", "1", "--lambda_feat", "0")),
     Experiment("kd_depth_features", "audio + KD depth + features d1..d4", "kd", "kd",
                ("--lambda_depth", "1", "--feature_levels", "d1,d2,d3,d4"), feature_kd=True),
     Experiment("kd_confidence", "audio + KD confidence-weighted depth + d1..d4", "kd", "kd",
