@@ -20,7 +20,7 @@ TITLES=(
   "basic: BatVision V2, base 64, official-like L1 + AdamW"
   "basic V2 run logged to Weights & Biases (offline without an API key)"
   "lightweight: base 32 (about 1/4 of the parameters)"
-  "high capacity: base 128, bf16 AMP on CUDA, cosine schedule with warm-up"
+  "high capacity: base 128, bf16 mixed precision (for a GPU), cosine schedule with warm-up"
   "resume the latest run under checkpoints/"
   "the teacher for distillation (checkpoints/rgb_teacher_v2)"
   "with the edge-aware smoothness term"
@@ -39,9 +39,9 @@ preset_command() {
     6) args=("${V2[@]}" --experiment_name rgb_teacher_v2 --scheduler cosine --warmup_epochs 2
              --mirror_augment) ;;
     7) args=("${V2[@]}" --experiment_name rgb_v2_smooth --criterion l1 --smoothness_weight 0.1) ;;
-    8) args=(--dataset synthetic --image_size 64 --base_channels 16 --batch_size 8 --nb_epochs 10
-             --num_workers 0 --cache_dir .cache/preprocessed --experiment_name quick_synthetic
-             --overwrite) ;;
+    8) args=(--config configs/synthetic/teacher.yaml --dataset synthetic --image_size 64
+             --batch_size 8 --nb_epochs 10 --cache_dir .cache/preprocessed
+             --experiment_name quick_synthetic --overwrite) ;;
     *) return 1 ;;
   esac
   COMMAND=("$PYTHON" train_rgb_depth.py "${args[@]}")
