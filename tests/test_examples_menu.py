@@ -76,4 +76,4 @@ def test_exit_status_is_the_training_commands(tmp_path: Path) -> None:
     fake_python.chmod(0o755)
     result = run_menu("8", env={"PYTHON": str(fake_python)})
     assert result.returncode == 7
-    assert result.stdout.startswith("ran train_rgb_depth.py --dataset synthetic")
+    assert result.stdout.startswith("ran train_rgb_depth.py --config configs/synthetic/teacher.yaml")
