@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
+import torch
+
 from models import build_model
 from training import cli
 from training.data import build_data, median_valid_depth
@@ -42,8 +44,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             if args.teacher_checkpoint is None:
                 raise UsageError("--teacher_checkpoint is required for a new distillation run")
             # Checked before the data is built (which may generate a world or a cache), except for
-            # the depth range, which the data resolves.
-            teacher = load_teacher(args.teacher_checkpoint, args.image_size)
+            # the depth range, which the data resolves. Building the teacher must not draw from
+            # the seeded generator: with the same --seed the student starts from exactly the
+            # weights of the audio-only student, so a KD row differs from it by the KD alone.
+            with torch.random.fork_rng(devices=[]):
+                teacher = load_teacher(args.teacher_checkpoint, args.image_size)
             data = build_data(args, run.context, use_rgb=True)
             check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
             student = build_model(run.model_name, **run.model_config(

@@ -9,6 +9,7 @@ from typing import Tuple
 import pytest
 import torch
 
+import train_binaural_attention
 import train_distillation
 import train_rgb_depth
 from models import build_model
@@ -283,6 +284,22 @@ def test_distillation_stopped_and_resumed_equals_an_uninterrupted_run(
     assert resumed["args"]["teacher_checkpoint"] == str(teacher)
     assert resumed["identity"]["kind"] == "kd"
     assert resumed["identity"]["teacher"] == checkpoint_fingerprint(load_checkpoint(teacher))
+
+
+def test_kd_without_kd_terms_trains_exactly_the_audio_only_student(teacher_run,
+                                                                    tmp_path: Path) -> None:
+    """With both KD weights at 0 a distillation run is the audio-only run of the same seed,
+    weight for weight: loading the teacher draws nothing from the seeded generator, so a KD row
+    of a table differs from the audio-only row by the distillation alone, not by its start."""
+    root, teacher = teacher_run
+    train_binaural_attention.main(_train_args(root, tmp_path, "audio") + ["--deterministic"])
+    train_distillation.main(_train_args(root, tmp_path, "kd0") + [
+        "--deterministic", "--teacher_checkpoint", str(teacher), "--lambda_depth", "0"])
+    audio = load_checkpoint(tmp_path / "audio" / LAST_CHECKPOINT)["model_state"]
+    kd = load_checkpoint(tmp_path / "kd0" / LAST_CHECKPOINT)["model_state"]
+    assert audio.keys() == kd.keys()
+    for key, value in audio.items():
+        assert torch.equal(kd[key], value), key
 
 
 def _flatten(tree: dict, prefix: str = ""):
