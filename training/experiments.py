@@ -23,6 +23,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -919,6 +920,14 @@ def save_picture_grid(path: Path, columns: Dict[str, Path], count: int,
 # --------------------------------------------------------------------------------------------
 
 
+def shown_command(script: str, argv: Sequence[str]) -> str:
+    """The command line of a repository script as a user types it from the repository root:
+    paths inside the repository (config files, the default world) shown relative to it."""
+    root = f"{REPO_ROOT}{os.sep}"
+    return shlex.join(["python", script,
+                       *(arg[len(root):] if arg.startswith(root) else arg for arg in argv)])
+
+
 def run_script(script: str, argv: Sequence[str]) -> None:
     """Run one of the repository's scripts in a child process (this interpreter, this
     environment), after printing its command line.
@@ -926,7 +935,7 @@ def run_script(script: str, argv: Sequence[str]) -> None:
     Raises:
         TrainingError: it exited with a non-zero status (its own message is printed above).
     """
-    shown = shlex.join(["python", script, *argv])
+    shown = shown_command(script, argv)
     print(f"$ {shown}", flush=True)
     completed = subprocess.run([sys.executable, str(REPO_ROOT / script), *argv], check=False)
     if completed.returncode != 0:
@@ -999,8 +1008,7 @@ def run_table(args: argparse.Namespace, launch: Launcher, command: str) -> Path:
     write_csv(out / "results.csv", rows)
     summary = summarise(rows, [e.name for e in preset.experiments] + list(REFERENCES))
     settings = run_settings({name: spec.run_dir for name, spec in first.items()})
-    commands = {name: shlex.join(["python", spec.script, *spec.argv])
-                for name, spec in first.items()}
+    commands = {name: shown_command(spec.script, spec.argv) for name, spec in first.items()}
     write_markdown(out / "results.md", summary, preset, settings, commands, command,
                    (time.time() - started) / 60)
     save_bar_chart(out / "rmse.png", summary)
