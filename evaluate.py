@@ -30,9 +30,7 @@ from training.checkpoint import (
     load_checkpoint, load_model, write_json,
 )
 from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
-from training.device import (
-    DistContext, configure_threads, default_num_workers, resolve_device,
-)
+from training.device import DistContext, resolve_device
 from training.engine import DepthTask, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
@@ -177,9 +175,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, evaluate, print the table."""
     args = build_parser().parse_args(argv)
     with cli.user_errors():
-        configure_threads(args.threads, args.device)
-        if args.num_workers == "auto":
-            args.num_workers = default_num_workers(args.device)
+        cli.configure_cpu(args)
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
             args.num_workers, args.device, args.valid_threshold)

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def parse(kind: str, argv: List[str]) -> argparse.Namespace:
     """What start_run parses: the command line after its --config file's flags."""
     parser = cli.build_parser(kind, None)
-    return parser.parse_args(cli._with_config(parser, argv))
+    return parser.parse_args(cli.with_config(parser, argv))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -490,7 +490,7 @@ def config_argv(parser: argparse.ArgumentParser, path: "str | Path") -> List[str
     return tokens
 
 
-def _with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> List[str]:
+def with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> List[str]:
     """``argv`` preceded by its ``--config`` file's flags, so the command line overrides them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     probe = argparse.ArgumentParser(add_help=False)
@@ -510,6 +510,15 @@ def write_resolved_config(path: "str | Path", args: argparse.Namespace) -> None:
     text = ("# Resolved flags of this run; `--config` accepts this file as it is.\n"
             + yaml.safe_dump(resolved_config(args), sort_keys=True))
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def configure_cpu(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (torch's intra-op threads) and resolve ``--num_workers auto`` in
+    ``args``, by the rules of :func:`training.device.configure_threads` and
+    :func:`training.device.default_num_workers`, for the ``--device`` of ``args``."""
+    configure_threads(args.threads, args.device)
+    if args.num_workers == "auto":
+        args.num_workers = default_num_workers(args.device)
 
 
 @contextlib.contextmanager
@@ -567,6 +576,12 @@ class Run:
     run_dir: Path
     checkpoint: Optional[Checkpoint] = None
     checkpoint_path: Optional[Path] = None
+
+    @property
+    def continues_own_folder(self) -> bool:
+        """Whether the run resumes a checkpoint of its own run folder."""
+        return (self.checkpoint_path is not None
+                and self.checkpoint_path.parent.resolve() == self.run_dir.resolve())
 
     def model_config(self, median_depth: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
         """The model's constructor kwargs: from the arguments for a new run, the checkpoint's
@@ -636,7 +651,7 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) ->
         UsageError: a bad ``--config`` file, resuming a run of another kind (plain vs
             distillation), or a fresh run aimed at a folder that holds a run.
     """
-    argv = _with_config(parser, argv)
+    argv = with_config(parser, argv)
     args = parser.parse_args(argv)
     checkpoint, checkpoint_path = None, None
     if args.resume:
@@ -651,22 +666,19 @@ def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) ->
     _check_model_flags(parser, args)
     context = init_distributed(args.device)
     device = resolve_device(args.device, context.local_rank)
-    configure_threads(args.threads, args.device)
-    if args.num_workers == "auto":
-        args.num_workers = default_num_workers(args.device)
+    configure_cpu(args)
     model_name = model_name_of(args)
     resolve_dataset(args)  # before anything is named after it or written
     if args.experiment_name is None:
         args.experiment_name = _default_experiment_name(model_name, args.dataset, context)
-    run_dir = Path(args.checkpoint_dir) / args.experiment_name
-    continues_itself = (checkpoint_path is not None
-                        and checkpoint_path.parent.resolve() == run_dir.resolve())
-    holds_a_run = any((run_dir / name).exists() for name in RUN_FILES)
-    if holds_a_run and not continues_itself and not args.overwrite:
-        raise UsageError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                         "or pass --overwrite or another --experiment_name")
+    run = Run(args=args, kind=args.kind, model_name=model_name, flag_groups=flag_groups(parser),
+              context=context, device=device,
+              run_dir=Path(args.checkpoint_dir) / args.experiment_name, checkpoint=checkpoint,
+              checkpoint_path=checkpoint_path)
+    holds_a_run = any((run.run_dir / name).exists() for name in RUN_FILES)
+    if holds_a_run and not run.continues_own_folder and not args.overwrite:
+        raise UsageError(f"{run.run_dir} already holds a run: continue it with --resume "
+                         f"{run.run_dir}, or pass --overwrite or another --experiment_name")
     context.barrier()  # every rank checked the folder before rank 0 may write into it
     seed_everything(args.seed, args.deterministic)
-    return Run(args=args, kind=args.kind, model_name=model_name, flag_groups=flag_groups(parser),
-               context=context, device=device, run_dir=run_dir, checkpoint=checkpoint,
-               checkpoint_path=checkpoint_path)
+    return run

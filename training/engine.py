@@ -375,12 +375,6 @@ def write_run_config(run: Run, model: nn.Module, identity: Dict[str, Any]) -> No
     write_resolved_config(run.run_dir / RESOLVED_CONFIG_FILE, run.args)
 
 
-def continues_own_folder(run: Run) -> bool:
-    """Whether ``run`` resumes a checkpoint of its own run folder."""
-    return (run.checkpoint_path is not None
-            and run.checkpoint_path.parent.resolve() == run.run_dir.resolve())
-
-
 def _best_file_agrees(path: Path, record: Checkpoint) -> bool:
     """Whether ``path`` holds the epoch that ``record`` (a ``last_model.pth``) names as its best:
     that epoch of the same run (the history up to it, timings included, is identical); with no
@@ -541,7 +535,7 @@ class Trainer:
         run = self.run
         run.run_dir.mkdir(parents=True, exist_ok=True)
         remove_temporaries(run.run_dir, RUN_FILES)
-        if self.args.overwrite and not continues_own_folder(run):
+        if self.args.overwrite and not run.continues_own_folder:
             removed = clear_run_folder(run.run_dir)
             if removed:
                 names = sorted({str(path.relative_to(run.run_dir)) for path in removed})

@@ -386,7 +386,7 @@ def parse_run_args(spec: RunSpec) -> Tuple[argparse.ArgumentParser, argparse.Nam
     """
     parser = cli.build_parser(spec.experiment.kind, None)
     parser.prog = spec.script  # a bad value in a config file is reported as that script's
-    return parser, parser.parse_args(cli.config_argv(parser, spec.config) + list(spec.argv))
+    return parser, parser.parse_args(cli.with_config(parser, spec.argv))
 
 
 def wanted_identity(spec: RunSpec) -> Dict[str, Any]:
