@@ -147,16 +147,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
     assert load_checkpoint(tmp_path / "diverges" / BEST_CHECKPOINT)["epoch"] == 1
 
 
-class NanGradient(torch.autograd.Function):
-    """Identity forward; a NaN gradient backward (a finite loss with a non-finite gradient)."""
+class PoisonedGradient(torch.autograd.Function):
+    """Identity forward; backward, a gradient of ``value`` everywhere: NaN (a finite loss with a
+    non-finite gradient) or infinity (what an fp16 overflow produces)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, value: float) -> torch.Tensor:
+        ctx.value = value
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad * float("nan")
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        return torch.full_like(grad, ctx.value), None
 
 
 def _first_parameter_name() -> str:
@@ -176,7 +178,7 @@ def test_non_finite_gradient_stops_before_the_step(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def l1_with_nan_gradient(pred: torch.Tensor, target: torch.Tensor,
                              valid: torch.Tensor) -> torch.Tensor:
-        return losses.masked_l1(NanGradient.apply(pred), target, valid)
+        return losses.masked_l1(PoisonedGradient.apply(pred, float("nan")), target, valid)
 
     monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_nan_gradient)
     message = _stop_message(train_argv(data_root, tmp_path, "nan_grad"))
@@ -414,18 +416,6 @@ def test_cuda_kernel_settings_only_on_cuda_and_autotuning_only_when_not_determin
          torch.backends.cudnn.benchmark) = flags
 
 
-class InfGradient(torch.autograd.Function):
-    """Identity forward; an infinite gradient backward (what an fp16 overflow produces)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(grad, float("inf"))
-
-
 def test_fp16_loss_scaling_on_cpu_skips_steps_with_infinite_gradients(
         data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under --amp fp16 an infinite gradient is the scaler's business: the step is skipped and the
@@ -433,7 +423,7 @@ def test_fp16_loss_scaling_on_cpu_skips_steps_with_infinite_gradients(
     def l1_with_inf_gradient(pred: torch.Tensor, target: torch.Tensor,
                              valid: torch.Tensor) -> torch.Tensor:
         if pred.requires_grad:
-            pred = InfGradient.apply(pred)
+            pred = PoisonedGradient.apply(pred, float("inf"))
         return losses.masked_l1(pred, target, valid)
 
     monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_inf_gradient)
@@ -524,7 +514,7 @@ def test_a_step_skipped_by_fp16_loss_scaling_does_not_update_the_ema(
         if pred.requires_grad:
             training_calls["n"] += 1
             if training_calls["n"] == 1:
-                pred = InfGradient.apply(pred)
+                pred = PoisonedGradient.apply(pred, float("inf"))
         return losses.masked_l1(pred, target, valid)
 
     monkeypatch.setitem(losses.CRITERIA, "l1", l1_with_inf_gradient_first)

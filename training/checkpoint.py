@@ -172,19 +172,21 @@ def clear_run_folder(run_dir: "str | os.PathLike[str]") -> List[Path]:
         The files removed.
     """
     run_dir = Path(run_dir)
-    removed = remove_temporaries(run_dir, RUN_FILES)
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            (run_dir / name).unlink()
-            removed.append(run_dir / name)
+    removed = _remove_files(run_dir, RUN_FILES)
     for folder in sorted(p for p in run_dir.glob(f"{EVALUATION_PREFIX}*") if p.is_dir()):
-        removed += remove_temporaries(folder, EVALUATION_FILES)
-        for name in EVALUATION_FILES:
-            if (folder / name).is_file():
-                (folder / name).unlink()
-                removed.append(folder / name)
+        removed += _remove_files(folder, EVALUATION_FILES)
         if not any(folder.iterdir()):
             folder.rmdir()
+    return removed
+
+
+def _remove_files(folder: Path, names: Sequence[str]) -> List[Path]:
+    """Delete ``names`` in ``folder`` and their leftover temporaries; returns what was removed."""
+    removed = remove_temporaries(folder, names)
+    for name in names:
+        if (folder / name).is_file():
+            (folder / name).unlink()
+            removed.append(folder / name)
     return removed
 
 
