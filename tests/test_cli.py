@@ -72,6 +72,8 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path: Path) -> 
     ("- a\n- b\n", "expected a mapping"),
     ("base_channels: [8\n", "not valid YAML"),
     ("kind: kd\n", "unknown flag 'kind'"),
+    ("learning_rate: fast\n", "bad.yaml: --learning_rate: expected float, got 'fast'"),
+    ("scheduler: fast\n", "bad.yaml: --scheduler: invalid choice 'fast'"),
 ])
 def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, problem: str) -> None:
     config = tmp_path / "bad.yaml"

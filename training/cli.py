@@ -451,7 +451,7 @@ def config_argv(parser: argparse.ArgumentParser, path: "str | Path") -> List[str
     The file maps flag names (without ``--``) to values: scalars, lists (joined with commas, as
     the comma-separated flags take them) and, for on/off flags, booleans. ``null`` keeps the
     parser's default. Values go through the flags' own argparse types, so a file is validated
-    exactly like a command line.
+    exactly like a command line, and a bad value is reported with the file's name.
 
     Raises:
         UsageError: unreadable file, not a mapping, an unknown flag or a value of the wrong kind
@@ -486,8 +486,24 @@ def config_argv(parser: argparse.ArgumentParser, path: "str | Path") -> List[str
             raise UsageError(f"{path}: {key} expects a value, got {value!r}")
         else:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            _check_value(action, text, path)
             tokens += [flag, text]
     return tokens
+
+
+def _check_value(action: argparse.Action, text: str, path: Path) -> None:
+    """Parse a config file's value as argparse will, so a bad one names the file it came from.
+
+    Raises:
+        UsageError: ``<file>: --<flag>: <argparse's reason>``.
+    """
+    try:
+        value = action.type(text) if action.type is not None else text
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice {text!r} (choose from {', '.join(map(str, action.choices))})")
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        raise UsageError(f"{path}: --{action.dest}: {error}") from None
 
 
 def with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> List[str]:
