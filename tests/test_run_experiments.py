@@ -8,7 +8,9 @@ import json
 import runpy
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+import threading
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from training.experiments import (
     AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, RESUME, RETRAIN, REUSE, NEW, decide, depth_priors,
     evaluate_prior, goal_lines, summarise,
 )
+from training.errors import TrainingError
 from training.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,7 +185,8 @@ class InProcess:
     def __init__(self) -> None:
         self.calls: List[Tuple[str, str, bool]] = []
 
-    def __call__(self, script: str, argv: Sequence[str]) -> None:
+    def __call__(self, script: str, argv: Sequence[str], log: Optional[Path] = None) -> None:
+        assert log is None  # one job: output to the terminal
         argv = list(argv)
         where = (argv[argv.index("--experiment_name") + 1] if "--experiment_name" in argv
                  else Path(argv[argv.index("--checkpoint") + 1]).parent.name)
@@ -326,3 +330,80 @@ def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         assert (args.model if experiment.kind == "student" else None) == (
             "official_unet" if experiment.name == OFFICIAL_UNET else
             "binaural_attention" if experiment.kind == "student" else None)
+
+
+def _specs(tmp_path: Path, seeds: int, jobs: int) -> Tuple[List[experiments.RunSpec],
+                                                            experiments.Setup]:
+    preset = experiments.PRESETS["standard"]
+    setup = experiments.Setup(
+        preset=preset, config_dir=REPO / preset.config_dir, data_root=str(tmp_path),
+        cache_dir=tmp_path, device="cpu", runs_dir=tmp_path / "runs", on_mismatch="retrain",
+        launch=InProcess(), jobs=jobs, logs_dir=tmp_path / "logs")
+    return [experiments.run_spec(e, seed, setup) for seed in range(seeds)
+            for e in preset.experiments], setup
+
+
+class FakeRuns:
+    """Stands in for train_run/score_run: records when each run trains, and how many at once."""
+
+    def __init__(self, failing: Sequence[str] = ()) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
+        self.finished: List[Tuple[int, str]] = []
+        self.started_after: Dict[Tuple[int, str], List[Tuple[int, str]]] = {}
+        self.failing = set(failing)
+
+    def train_run(self, spec: experiments.RunSpec, setup: experiments.Setup) -> None:
+        key = (spec.seed, spec.experiment.name)
+        with self.lock:
+            self.started_after[key] = list(self.finished)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+            self.finished.append(key)
+        if spec.experiment.name in self.failing:
+            raise TrainingError(f"{spec.experiment.name} failed")
+
+    def score_run(self, spec: experiments.RunSpec, setup: experiments.Setup) -> dict:
+        return {"experiment": spec.experiment.name, "seed": spec.seed}
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_runs_train_jobs_at_a_time_and_distillation_waits_for_its_teacher(
+        jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs, setup = _specs(tmp_path, seeds=2, jobs=jobs)
+    fake = FakeRuns()
+    monkeypatch.setattr(experiments, "train_run", fake.train_run)
+    monkeypatch.setattr(experiments, "score_run", fake.score_run)
+    rows = experiments.train_and_score(specs, setup)
+    assert [(r["seed"], r["experiment"]) for r in rows] == [
+        (s.seed, s.experiment.name) for s in specs]  # the table's order, whatever finished first
+    assert fake.most_at_once == jobs
+    for spec in specs:
+        if spec.experiment.kind == "kd":
+            assert (spec.seed, experiments.TEACHER) in fake.started_after[
+                (spec.seed, spec.experiment.name)]
+
+
+def test_a_failed_teacher_fails_its_students_and_the_other_runs_still_finish(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    specs, setup = _specs(tmp_path, seeds=1, jobs=2)
+    fake = FakeRuns(failing=[experiments.TEACHER])
+    monkeypatch.setattr(experiments, "train_run", fake.train_run)
+    monkeypatch.setattr(experiments, "score_run", fake.score_run)
+    with pytest.raises(TrainingError, match="rgb_teacher failed"):
+        experiments.train_and_score(specs, setup)
+    trained = {name for _, name in fake.finished}
+    assert trained == {experiments.TEACHER, OFFICIAL_UNET, AUDIO_ONLY}  # no KD run started
+
+
+def test_with_several_jobs_a_failed_script_is_one_line_quoting_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "eval.log"
+    with pytest.raises(TrainingError) as failed:
+        experiments.run_script("evaluate.py", ["--checkpoint", str(tmp_path / "missing")], log)
+    message = str(failed.value)
+    assert "\n" not in message and f"{log}: error: " in message
+    assert str(tmp_path / "missing") in log.read_text()

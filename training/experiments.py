@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -68,7 +69,8 @@ MISMATCH_ACTIONS = ("retrain", "stop")
 # the larger seed standard deviation.
 AUDIO_ONLY_GOAL, BEST_KD_GOAL, TRAIN_TIME_GOAL, SEED_SPREAD_GOAL = 0.90, 0.80, 1.5, 2.0
 
-Launcher = Callable[[str, Sequence[str]], None]
+# (script, argv, log): runs a repository script; ``log`` (None: this terminal) takes its output.
+Launcher = Callable[[str, Sequence[str], Optional[Path]], None]
 Row = Dict[str, Any]
 
 
@@ -257,6 +259,10 @@ def build_parser(description: Optional[str]) -> argparse.ArgumentParser:
                         help="a run folder trained with other settings, data or teacher than "
                              "asked now: retrain it from scratch (--overwrite), or stop with one "
                              "line listing the differences")
+    parser.add_argument("--jobs", type=cli.positive_int, default=1,
+                        help="runs trained at once (each its own process; on a GPU several "
+                             "small runs share it well); above 1 each run's output goes to "
+                             "<out>/logs/ instead of the terminal")
     parser.add_argument("--num_pictures", type=cli.positive_int, default=4,
                         help="test samples in pictures.png")
     sizes = parser.add_argument_group(
@@ -317,6 +323,9 @@ class Setup:
         runs_dir: ``<out>/runs``; a run lives in ``runs_dir/seed<k>/<experiment>``.
         on_mismatch: ``retrain`` or ``stop``.
         launch: runs one script with its arguments (:func:`run_script`).
+        jobs: runs trained at once; above 1 each script's output goes to a log file in
+            ``logs_dir`` instead of the terminal, where runs would interleave.
+        logs_dir: ``<out>/logs``.
     """
 
     preset: Preset
@@ -327,6 +336,15 @@ class Setup:
     runs_dir: Path
     on_mismatch: str
     launch: Launcher
+    jobs: int = 1
+    logs_dir: Optional[Path] = None
+
+    def log(self, spec: "RunSpec", step: str) -> Optional[Path]:
+        """Where the output of ``step`` (``train`` or ``evaluate``) of a run goes: ``None`` (the
+        terminal) with one job, else ``<logs_dir>/seed<k>-<experiment>.<step>.log``."""
+        if self.jobs == 1 or self.logs_dir is None:
+            return None
+        return self.logs_dir / f"seed{spec.seed}-{spec.experiment.name}.{step}.log"
 
 
 @dataclass(frozen=True)
@@ -452,8 +470,8 @@ def train_run(spec: RunSpec, setup: Setup) -> None:
         argv.append("--overwrite")
     elif spec.run_dir.exists():
         argv.append("--overwrite")  # leftovers of a run stopped before its first checkpoint
-    print(f"[{'resume' if action == RESUME else 'train'}] {spec.run_dir}")
-    setup.launch(spec.script, argv)
+    print(f"[{'resume' if action == RESUME else 'train'}] {spec.run_dir}", flush=True)
+    setup.launch(spec.script, argv, setup.log(spec, "train"))
     recorded = load_checkpoint(spec.run_dir / LAST_CHECKPOINT).get("identity") or {}
     if recorded.get("fingerprint") != wanted["fingerprint"]:
         # The runner and the engine resolved the run differently: it would be retrained by every
@@ -504,7 +522,7 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
         "--checkpoint", str(checkpoint_path), "--split", "test", "--out", str(out),
         "--batch_size", str(4 * setup.preset.batch_size), "--num_workers", "0",
         # gt > 0 whatever threshold the run validated with: the table's primary protocol.
-        "--device", setup.device, "--valid_threshold", "0"])
+        "--device", setup.device, "--valid_threshold", "0"], setup.log(spec, "evaluate"))
     result = read_json(out / METRICS_FILE)
     if result is None:
         raise TrainingError(f"{out / METRICS_FILE}: {EVALUATE_SCRIPT} wrote no metrics")
@@ -800,9 +818,10 @@ def run_settings(run_dirs: Dict[str, Path]) -> Tuple[Dict[str, Any], Dict[str, D
 
 def write_markdown(path: Path, summary: List[Row], preset: Preset,
                    settings: Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]],
-                   commands: Dict[str, str], command: str, minutes: float) -> None:
+                   commands: Dict[str, str], command: str, minutes: float,
+                   jobs: int = 1) -> None:
     """``results.md``: how it was made, the protocols, the table, the goal checks, the settings
-    read from the runs and the seed-0 commands."""
+    read from the runs and the seed-0 commands (``jobs``: runs trained at once)."""
     protocols = "; ".join(f"`{name}`: {p.describe()}" for name, p in PROTOCOLS.items())
     labels = {e["experiment"]: e["label"] for e in summary}
     common, own = settings
@@ -810,7 +829,9 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
     lines = [
         f"# Experiment table: {preset.description}", "",
         f"Made by `{command}` ({minutes:.1f} min for this invocation; runs reused from earlier "
-        "invocations are not counted).", "",
+        "invocations are not counted)."
+        + (f" Runs trained {jobs} at once: their training times include that contention."
+           if jobs > 1 else ""), "",
         f"Test split; mean ± sample std over {preset.seeds} seed(s) (no ± with one seed). Each "
         "trained run is scored with `evaluate.py` at the checkpoint its row names: `best` = "
         "lowest validation RMSE, `last` = final epoch (the official recipe has no model "
@@ -928,19 +949,36 @@ def shown_command(script: str, argv: Sequence[str]) -> str:
                        *(arg[len(root):] if arg.startswith(root) else arg for arg in argv)])
 
 
-def run_script(script: str, argv: Sequence[str]) -> None:
+def run_script(script: str, argv: Sequence[str], log: Optional[Path] = None) -> None:
     """Run one of the repository's scripts in a child process (this interpreter, this
     environment), after printing its command line.
 
+    Args:
+        script: file name in the repository root.
+        argv: its arguments.
+        log: file that takes the script's output (stdout and stderr); ``None``: this terminal.
+
     Raises:
-        TrainingError: it exited with a non-zero status (its own message is printed above).
+        TrainingError: it exited with a non-zero status (its own message is printed above, or
+            is the log's last line, quoted).
     """
     shown = shown_command(script, argv)
-    print(f"$ {shown}", flush=True)
-    completed = subprocess.run([sys.executable, str(REPO_ROOT / script), *argv], check=False)
+    command = [sys.executable, str(REPO_ROOT / script), *argv]
+    if log is None:
+        print(f"$ {shown}", flush=True)
+        completed = subprocess.run(command, check=False)
+        where = "its message is above"
+    else:
+        print(f"$ {shown} > {log}", flush=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as output:
+            completed = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT,
+                                       check=False)
+        lines = log.read_text(errors="replace").replace("\r", "\n").strip().splitlines()
+        where = f"{log}: {lines[-1] if lines else 'empty'}"
     if completed.returncode != 0:
-        raise TrainingError(f"{script} exited with status {completed.returncode} (its message "
-                            f"is above); command: {shown}")
+        raise TrainingError(f"{script} exited with status {completed.returncode} ({where}); "
+                            f"command: {shown}")
 
 
 def world_root(preset: Preset, data_root: Optional[str]) -> str:
@@ -971,7 +1009,52 @@ def make_setup(args: argparse.Namespace, launch: Launcher) -> Setup:
                  data_root=world_root(preset, args.data_root),
                  cache_dir=Path(args.cache_dir) if args.cache_dir else out / "cache",
                  device=args.device, runs_dir=out / "runs", on_mismatch=args.on_mismatch,
-                 launch=launch)
+                 launch=launch, jobs=args.jobs, logs_dir=out / "logs")
+
+
+def train_and_score(specs: Sequence[RunSpec], setup: Setup) -> List[Row]:
+    """Train (or reuse) and score every run, ``setup.jobs`` at a time.
+
+    With several jobs, teachers start first and a distillation run starts its training only once
+    its seed's teacher is done; a failed run does not stop the others.
+
+    Returns:
+        One row per spec, in the order of ``specs``.
+
+    Raises:
+        TrainingError, UsageError, DataError: the first failure, in the order of ``specs``, once
+            every run has finished (a distillation run whose teacher failed fails with it).
+    """
+    def trained_and_scored(spec: RunSpec) -> Row:
+        train_run(spec, setup)
+        return score_run(spec, setup)
+
+    if setup.jobs == 1:
+        return [trained_and_scored(spec) for spec in specs]
+    teachers: Dict[int, Future] = {}
+
+    def after_teacher(spec: RunSpec) -> Row:
+        teacher = teachers.get(spec.seed)
+        if teacher is not None:
+            teacher.result()  # its failure is this run's
+        return trained_and_scored(spec)
+
+    # Teachers first, distillation last: a run that waits on its teacher holds a worker, and the
+    # teachers it waits on were all started before it.
+    order = sorted(specs, key=lambda spec: (spec.experiment.kind == "kd",
+                                            spec.experiment.kind != "teacher"))
+    with ThreadPoolExecutor(max_workers=setup.jobs) as pool:
+        futures: Dict[int, Future] = {}
+        for spec in order:
+            futures[id(spec)] = pool.submit(after_teacher if spec.experiment.kind == "kd"
+                                            else trained_and_scored, spec)
+            if spec.experiment.kind == "teacher":
+                teachers[spec.seed] = futures[id(spec)]
+    failures = [futures[id(spec)].exception() for spec in specs]
+    first_failure = next((error for error in failures if error is not None), None)
+    if first_failure is not None:
+        raise first_failure
+    return [futures[id(spec)].result() for spec in specs]
 
 
 def run_table(args: argparse.Namespace, launch: Launcher, command: str) -> Path:
@@ -992,10 +1075,7 @@ def run_table(args: argparse.Namespace, launch: Launcher, command: str) -> Path:
     for spec in specs:  # every config file and flag checked before hours of training
         parse_run_args(spec)
 
-    rows = []
-    for spec in specs:
-        train_run(spec, setup)
-        rows.append(score_run(spec, setup))
+    rows = train_and_score(specs, setup)
     first = {spec.experiment.name: spec for spec in specs if spec.seed == 0}
     reference_spec = first.get(AUDIO_ONLY, specs[0])
     _, data_args = parse_run_args(reference_spec)
@@ -1010,7 +1090,7 @@ def run_table(args: argparse.Namespace, launch: Launcher, command: str) -> Path:
     settings = run_settings({name: spec.run_dir for name, spec in first.items()})
     commands = {name: shown_command(spec.script, spec.argv) for name, spec in first.items()}
     write_markdown(out / "results.md", summary, preset, settings, commands, command,
-                   (time.time() - started) / 60)
+                   (time.time() - started) / 60, setup.jobs)
     save_bar_chart(out / "rmse.png", summary)
     pictures = {"teacher (RGB)": TEACHER, "official U-Net": OFFICIAL_UNET,
                 "audio only": AUDIO_ONLY}
