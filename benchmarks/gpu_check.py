@@ -3,6 +3,7 @@ over NCCL, and every training script under torchrun followed by evaluate.py.
 
     python benchmarks/gpu_check.py                     # one CUDA GPU, about 5 minutes
     python benchmarks/gpu_check.py --device cpu        # dry mode, any machine, about a minute
+    python benchmarks/gpu_check.py --compile without   # then --compile only: the same, in two
 
 Sections, each printed as it finishes and written to ``--out`` (JSON) after each item:
 
@@ -62,6 +63,7 @@ from training.device import resolve_device  # noqa: E402
 from training.engine import TOTAL, DepthTask  # noqa: E402
 
 GOAL_SAMPLES_PER_S = 900.0
+COMPILE_CHOICES = ("both", "without", "only")
 CHECKED_MODELS = ("teacher", "student")
 # (autocast dtype, channels_last, torch.compile)
 VARIANTS: Tuple[Tuple[str, bool, bool], ...] = (
@@ -111,8 +113,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "results/gpu_check_dry.json)")
     parser.add_argument("--models", nargs="+", choices=CHECKED_MODELS, default=list(CHECKED_MODELS),
                         help="models of the throughput sections")
-    parser.add_argument("--no_compile", action="store_true",
-                        help="leave out the torch.compile variants (they take most of the time)")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="both",
+                        help="torch.compile training variants, which take most of the time: both "
+                             "(with and without), without (leave them out), only (just them: no "
+                             "evaluation, ddp or scripts sections), e.g. to split the check "
+                             "around other work")
     return parser.parse_args(argv)
 
 
@@ -176,8 +181,9 @@ def measure(model_key: str, variant: Tuple[str, bool, bool], sizes: Sizes, devic
     or, with ``train=False``, an evaluation forward pass.
 
     Returns:
-        The row: model, mode, precision, channels_last, compile, status ("ok" or "out of
-        memory"), samples_per_s and peak_memory_gib (CUDA only, else None).
+        The row: model, mode, precision, channels_last, compile, status ("ok", "out of memory"
+        or "error: <type>: <message>"), samples_per_s and peak_memory_gib (CUDA only, else
+        None).
     """
     precision, channels_last, compiled = variant
     row: Dict[str, Any] = {"model": model_key, "mode": "train" if train else "eval",
@@ -214,8 +220,17 @@ def measure(model_key: str, variant: Tuple[str, bool, bool], sizes: Sizes, devic
             row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     except torch.cuda.OutOfMemoryError:  # a figure in itself: this size does not fit the card
         row["status"] = "out of memory"
+    except Exception as error:  # noqa: BLE001 - a variant this card or torch build cannot run
+        # (a compiler failure, say) is a finding of the check; the other variants still run.
+        row["status"] = failure(error)
     release(device)
     return row
+
+
+def failure(error: BaseException) -> str:
+    """``error: <type>: <first line of the message>`` for a report row."""
+    message = (str(error).strip().splitlines() or [""])[0]
+    return f"error: {type(error).__name__}: {message}"[:300]
 
 
 def goal_verdict(rows: List[Dict[str, Any]], dry: bool) -> Dict[str, Any]:
@@ -376,7 +391,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "mode": "dry (CPU, tiny sizes: not GPU figures)" if dry else "gpu",
         "machine": machine_description(device), "sizes": asdict(sizes),
-        "compile_backend": compile_backend, "training": [], "evaluation": [], "ddp": None,
+        "compile_backend": compile_backend, "compile_variants": args.compile, "training": [], "evaluation": [], "ddp": None,
         "scripts": [], "goal": None, "wall_s": None,
     }
 
@@ -389,17 +404,39 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
           f"{sizes.base_channels}; {sizes.steps} timed steps after {sizes.warmup}", flush=True)
     print(f"{'mode':<5} {'model':<8} {'amp':<5} {'layout':<22} {'samples/s':>9} {'peak GiB':>8}",
           flush=True)
-    variants = [v for v in VARIANTS if not (args.no_compile and v[2])]
-    for section, chosen, train in (("training", variants, True),
-                                   ("evaluation", EVAL_VARIANTS, False)):
+    variants = [v for v in VARIANTS if {"both": True, "without": not v[2],
+                                        "only": v[2]}[args.compile]]
+    sections = [("training", variants, True)]
+    if args.compile != "only":
+        sections.append(("evaluation", EVAL_VARIANTS, False))
+    for section, chosen, train in sections:
         for model_key in args.models:
             for variant in chosen:
                 row = measure(model_key, variant, sizes, device, compile_backend, train)
                 report[section].append(row)
                 print(format_row(row), flush=True)
                 save()
+    if args.compile != "only":
+        run_ddp_and_scripts(report, sizes, device, save)
+    report["goal"] = goal_verdict(report["training"], dry)
+    save()
+    goal = report["goal"]
+    figure = f" ({goal['samples_per_s']:.0f} samples/s)" if goal["samples_per_s"] else ""
+    print(f"goal {goal['goal']}: {goal['verdict']}{figure}"
+          + (" — dry mode on the CPU" if dry else ""))
+    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    return report
+
+
+def run_ddp_and_scripts(report: Dict[str, Any], sizes: Sizes, device: torch.device,
+                        save: Callable[[], None]) -> None:
+    """The ddp and scripts sections, into ``report`` (``save`` after each item)."""
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
-        report["ddp"] = ddp_check(sizes, device, Path(scratch))
+        try:
+            report["ddp"] = ddp_check(sizes, device, Path(scratch))
+        except Exception as error:  # noqa: BLE001 - reported as the section's status, as above
+            report["ddp"] = {"backend": "nccl" if device.type == "cuda" else "gloo",
+                             "status": failure(error)}
         print(f"ddp ({report['ddp']['backend']}, one process): {report['ddp']['status']}",
               flush=True)
         save()
@@ -411,14 +448,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             save()
 
         script_runs(device, Path(scratch), script_done)
-    report["goal"] = goal_verdict(report["training"], dry)
-    save()
-    goal = report["goal"]
-    figure = f" ({goal['samples_per_s']:.0f} samples/s)" if goal["samples_per_s"] else ""
-    print(f"goal {goal['goal']}: {goal['verdict']}{figure}"
-          + (" — dry mode on the CPU" if dry else ""))
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
-    return report
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+import torch
 
 from benchmarks import gpu_check
 
@@ -61,3 +62,25 @@ def test_dry_mode_runs_every_section_on_the_cpu(tmp_path: Path,
         assert "--device cpu" in result["command"] and "--amp bf16" not in result["command"]
     assert report["goal"]["verdict"] == "not measured"
     assert "not measured" in capsys.readouterr().out
+
+
+def test_a_variant_that_fails_is_a_row_of_the_report_not_the_end_of_the_check(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def compiler_failure(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("backend compiler failed\nlong traceback")
+
+    monkeypatch.setattr(gpu_check, "build_task", compiler_failure)
+    row = gpu_check.measure("student", ("bf16", False, True), gpu_check.DRY_SIZES,
+                            torch.device("cpu"), "eager", train=True)
+    assert row["status"] == "error: RuntimeError: backend compiler failed"
+    assert row["samples_per_s"] is None
+    assert gpu_check.goal_verdict([row], dry=False)["verdict"] == "not measured"
+
+
+def test_compile_only_measures_just_the_compiled_training_variants(tmp_path: Path) -> None:
+    report = gpu_check.main(["--device", "cpu", "--compile", "only", "--models", "student",
+                             "--out", str(tmp_path / "compiled.json")])
+    assert [(r["precision"], r["channels_last"]) for r in report["training"]] == [
+        (precision, layout) for precision, layout, compiled in gpu_check.VARIANTS if compiled]
+    assert all(r["compile"] and r["status"] == "ok" for r in report["training"])
+    assert report["evaluation"] == [] and report["ddp"] is None and report["scripts"] == []
