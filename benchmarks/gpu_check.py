@@ -64,6 +64,7 @@ from training.engine import TOTAL, DepthTask  # noqa: E402
 
 GOAL_SAMPLES_PER_S = 900.0
 COMPILE_CHOICES = ("both", "without", "only")
+SECTIONS = ("training", "evaluation", "ddp", "scripts")
 CHECKED_MODELS = ("teacher", "student")
 # (autocast dtype, channels_last, torch.compile)
 VARIANTS: Tuple[Tuple[str, bool, bool], ...] = (
@@ -115,9 +116,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="models of the throughput sections")
     parser.add_argument("--compile", choices=COMPILE_CHOICES, default="both",
                         help="torch.compile training variants, which take most of the time: both "
-                             "(with and without), without (leave them out), only (just them: no "
-                             "evaluation, ddp or scripts sections), e.g. to split the check "
-                             "around other work")
+                             "(with and without), without (leave them out), only (just them)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to run, e.g. to split the check around other work")
     return parser.parse_args(argv)
 
 
@@ -391,7 +392,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         "mode": "dry (CPU, tiny sizes: not GPU figures)" if dry else "gpu",
         "machine": machine_description(device), "sizes": asdict(sizes),
-        "compile_backend": compile_backend, "compile_variants": args.compile, "training": [], "evaluation": [], "ddp": None,
+        "compile_backend": compile_backend, "compile_variants": args.compile,
+        "sections": list(args.sections), "training": [], "evaluation": [], "ddp": None,
         "scripts": [], "goal": None, "wall_s": None,
     }
 
@@ -406,18 +408,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
           flush=True)
     variants = [v for v in VARIANTS if {"both": True, "without": not v[2],
                                         "only": v[2]}[args.compile]]
-    sections = [("training", variants, True)]
-    if args.compile != "only":
-        sections.append(("evaluation", EVAL_VARIANTS, False))
-    for section, chosen, train in sections:
+    for section, chosen, train in (("training", variants, True),
+                                   ("evaluation", EVAL_VARIANTS, False)):
+        if section not in args.sections:
+            continue
         for model_key in args.models:
             for variant in chosen:
                 row = measure(model_key, variant, sizes, device, compile_backend, train)
                 report[section].append(row)
                 print(format_row(row), flush=True)
                 save()
-    if args.compile != "only":
-        run_ddp_and_scripts(report, sizes, device, save)
+    run_ddp_and_scripts(report, sizes, device, save, args.sections)
     report["goal"] = goal_verdict(report["training"], dry)
     save()
     goal = report["goal"]
@@ -429,17 +430,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def run_ddp_and_scripts(report: Dict[str, Any], sizes: Sizes, device: torch.device,
-                        save: Callable[[], None]) -> None:
-    """The ddp and scripts sections, into ``report`` (``save`` after each item)."""
+                        save: Callable[[], None], sections: Sequence[str]) -> None:
+    """The ddp and scripts sections among ``sections``, into ``report`` (``save`` after each
+    item)."""
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
-        try:
-            report["ddp"] = ddp_check(sizes, device, Path(scratch))
-        except Exception as error:  # noqa: BLE001 - reported as the section's status, as above
-            report["ddp"] = {"backend": "nccl" if device.type == "cuda" else "gloo",
-                             "status": failure(error)}
-        print(f"ddp ({report['ddp']['backend']}, one process): {report['ddp']['status']}",
-              flush=True)
-        save()
+        if "ddp" in sections:
+            run_ddp(report, sizes, device, Path(scratch), save)
+        if "scripts" not in sections:
+            return
 
         def script_done(result: Dict[str, Any]) -> None:
             report["scripts"].append(result)
@@ -448,6 +446,18 @@ def run_ddp_and_scripts(report: Dict[str, Any], sizes: Sizes, device: torch.devi
             save()
 
         script_runs(device, Path(scratch), script_done)
+
+
+def run_ddp(report: Dict[str, Any], sizes: Sizes, device: torch.device, scratch: Path,
+            save: Callable[[], None]) -> None:
+    """The ddp section into ``report``, its failure a status rather than the end of the check."""
+    try:
+        report["ddp"] = ddp_check(sizes, device, scratch)
+    except Exception as error:  # noqa: BLE001 - reported as the section's status, as above
+        report["ddp"] = {"backend": "nccl" if device.type == "cuda" else "gloo",
+                         "status": failure(error)}
+    print(f"ddp ({report['ddp']['backend']}, one process): {report['ddp']['status']}", flush=True)
+    save()
 
 
 if __name__ == "__main__":
