@@ -22,19 +22,25 @@ on ``|cached - uncached|`` per value and are tested:
     0 (bit-identical) for integer-mm sources resized by nearest neighbour (V2, default
     recipe); ≤ 0.5 mm otherwise, except that a depth in (0, 0.5 mm) (bilinear blending of a hole
     with a wall) is stored as 1 mm. Holes stay exactly 0, so ``valid`` is exact.
-``audio`` spectrograms (``(2, S, S)``): float16 times a power-of-two scale per sample
-    ≤ 2⁻¹¹·|x| + 2⁻³⁹·max|x| (relative 4.9e-4). The scale puts the sample's peak in
-    [2¹⁴, 2¹⁵), so no recipe's range can overflow float16 (the official recipe's linear
-    magnitudes reach 32 per unit of waveform amplitude, and V1's stored amplitude is unverified)
-    and values down to 2⁻²⁹ of the peak keep full relative precision; log1p values (0–15) lose
-    nothing to the scale.
+``audio`` log-scaled spectrograms (``(2, S, S)``, recipes with a ``magnitude_scale``: the
+default one), the caller's choice (``forms``): uint8 times a scale per sample (peak / 255)
+    ≤ max(x)/510 (+ float32 rounding, 2⁻²³·max(x)). On log1p magnitudes (0 to ~10) that is at
+    most 0.02, a 2 % error of the linear magnitude: an 8-bit log scale, as audio codecs and
+    8-bit μ-law use. Its cost, measured by training the same student on both forms, is in
+    RGB_DEPTH_README.md.
+``audio`` other spectrograms (linear magnitudes: the official recipe): float16 times a
+    power-of-two scale per sample ≤ 2⁻¹¹·|x| + 2⁻³⁹·max|x| (relative 4.9e-4). Eight linear
+    bits would flatten their dynamic range. The scale puts the sample's peak in [2¹⁴, 2¹⁵), so
+    no recipe's range can overflow float16 (linear magnitudes reach 32 per unit of waveform
+    amplitude, and V1's stored amplitude is unverified) and values down to 2⁻²⁹ of the peak keep
+    full relative precision.
 anything else (the ``waveform`` audio mode, non-float32 tensors): stored as it is, exact
     A waveform is small (2 × 7,782 float32 at V2's 30 m cut) and its V2 source is integer PCM.
 
 A sample outside its stored form's range (a depth below 0 or beyond 65.535 m, an rgb value
 outside [0, 1], a non-finite audio value) restarts the build with that tensor stored as it is.
-At 256² with rgb a sample takes 576 KiB (audio 256, rgb 192, depth 128) against 1.5 MiB in
-float32.
+At 256² with rgb a sample of the default recipe takes 448 KiB (rgb 192, audio 128, depth 128)
+against 1.5 MiB in float32; of the official recipe 576 KiB (float16 audio, 256).
 
 Building and robustness:
 
@@ -80,7 +86,7 @@ from tqdm import tqdm
 from datasets.errors import DataError
 from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 META_FILE = "meta.json"
 TMP_MARK = ".tmp-"
@@ -157,9 +163,18 @@ def _encode_scaled_float16(x: np.ndarray) -> Encoded:
     return (x / np.float32(scale)).astype(np.float16), scale
 
 
-def _decode_scaled_float16(stored: np.ndarray, scale: float) -> torch.Tensor:
+def _decode_scaled(stored: np.ndarray, scale: float) -> torch.Tensor:
     # torch: numpy's float16 → float32 cast is ~50x slower (no SIMD), the whole read's cost.
     return torch.from_numpy(np.array(stored)).float().mul_(scale)
+
+
+def _encode_scaled_uint8(x: np.ndarray) -> Encoded:
+    if not np.all(np.isfinite(x)) or (x.size and float(x.min()) < 0.0):
+        return None
+    peak = float(x.max()) if x.size else 0.0
+    # The float32 scale the decoder will multiply by, so encoding rounds against it.
+    scale = float(np.float32(peak / 255.0)) if peak > 0.0 else 1.0
+    return np.clip(np.rint(x.astype(np.float64) / scale), 0, 255).astype(np.uint8), scale
 
 
 def _encode_exact(x: np.ndarray) -> Encoded:
@@ -173,16 +188,27 @@ def _decode_exact(stored: np.ndarray, scale: float) -> torch.Tensor:
 UNIT_UINT8 = StoredForm("unit-uint8", "uint8", False, _encode_unit_uint8, _decode_unit_uint8)
 MM_UINT16 = StoredForm("mm-uint16", "uint16", False, _encode_mm_uint16, _decode_mm_uint16)
 SCALED_FLOAT16 = StoredForm("scaled-float16", "float16", True, _encode_scaled_float16,
-                            _decode_scaled_float16)
+                            _decode_scaled)
+SCALED_UINT8 = StoredForm("scaled-uint8", "uint8", True, _encode_scaled_uint8, _decode_scaled)
 EXACT = StoredForm("exact", None, False, _encode_exact, _decode_exact)
-FORMS: Dict[str, StoredForm] = {form.name: form
-                                for form in (UNIT_UINT8, MM_UINT16, SCALED_FLOAT16, EXACT)}
+FORMS: Dict[str, StoredForm] = {
+    form.name: form for form in (UNIT_UINT8, MM_UINT16, SCALED_FLOAT16, SCALED_UINT8, EXACT)}
 
 
-def stored_form(key: str, x: np.ndarray) -> StoredForm:
-    """The compact form for tensor ``key`` of a sample (see the module docstring)."""
+def stored_form(key: str, x: np.ndarray,
+                forms: Optional[Mapping[str, StoredForm]] = None) -> StoredForm:
+    """The compact form for tensor ``key`` of a sample (see the module docstring).
+
+    Args:
+        key: the sample's key (``rgb``, ``depth``, ``audio``...).
+        x: sample 0's array of that key.
+        forms: the caller's choice for some float32 keys (e.g. ``{"audio": SCALED_UINT8}`` for
+            log-scaled spectrograms), instead of the default form.
+    """
     if x.dtype != np.float32:
         return EXACT
+    if forms and key in forms:
+        return forms[key]
     if key == RGB:
         return UNIT_UINT8
     if key == DEPTH:
@@ -391,15 +417,19 @@ class _DoesNotFit(Exception):
         self.key, self.index, self.form = key, index, form
 
 
-def cache_folder(cache_dir: PathLike, name: str, params: Mapping[str, Any], length: int) -> Path:
-    """Folder of the cache of ``length`` samples for ``params`` (JSON-serialisable)."""
-    keyed = json.dumps({"version": CACHE_FORMAT_VERSION, "params": params, "length": length},
+def cache_folder(cache_dir: PathLike, name: str, params: Mapping[str, Any], length: int,
+                 forms: Optional[Mapping[str, StoredForm]] = None) -> Path:
+    """Folder of the cache of ``length`` samples for ``params`` (JSON-serialisable) stored in the
+    default forms, except those of ``forms`` (see :func:`stored_form`)."""
+    keyed = json.dumps({"version": CACHE_FORMAT_VERSION, "params": params, "length": length,
+                        "forms": {key: form.name for key, form in (forms or {}).items()}},
                        sort_keys=True)
     return Path(cache_dir) / f"{name}-{hashlib.sha256(keyed.encode()).hexdigest()[:20]}"
 
 
 def open_or_build(cache_dir: PathLike, name: str, params: Mapping[str, Any], length: int,
-                  load_sample: Callable[[int], Sample]) -> SampleCache:
+                  load_sample: Callable[[int], Sample],
+                  forms: Optional[Mapping[str, StoredForm]] = None) -> SampleCache:
     """Open the cache for ``params`` under ``cache_dir``, building it first when absent or
     corrupt (a corrupt one is named in a warning). Concurrent callers build it once.
 
@@ -411,6 +441,8 @@ def open_or_build(cache_dir: PathLike, name: str, params: Mapping[str, Any], len
         length: number of samples.
         load_sample: uncached sample reader, called once per sample while building (again from
             sample 0 if a tensor does not fit its compact form).
+        forms: stored forms chosen by the caller for some keys (:func:`stored_form`); part of
+            the cache's key.
 
     Returns:
         the opened cache.
@@ -421,7 +453,7 @@ def open_or_build(cache_dir: PathLike, name: str, params: Mapping[str, Any], len
     """
     if length < 1:
         raise ValueError(f"a cache holds at least one sample, got length {length}")
-    folder = cache_folder(cache_dir, name, params, length)
+    folder = cache_folder(cache_dir, name, params, length, forms)
     cache = _open_if_sound(folder, params, length, discard_corrupt=False)
     if cache is not None:
         return cache
@@ -430,7 +462,7 @@ def open_or_build(cache_dir: PathLike, name: str, params: Mapping[str, Any], len
         cache = _open_if_sound(folder, params, length, discard_corrupt=True)
         if cache is None:
             _remove_stale_builds(folder, locked)
-            _build(folder, params, length, load_sample)
+            _build(folder, params, length, load_sample, forms)
             cache = SampleCache(folder, params, length)
     return cache
 
@@ -515,7 +547,8 @@ def _process_alive(pid: int) -> bool:
 
 
 def _build(folder: Path, params: Mapping[str, Any], length: int,
-           load_sample: Callable[[int], Sample]) -> None:
+           load_sample: Callable[[int], Sample],
+           forms: Optional[Mapping[str, StoredForm]]) -> None:
     """Write samples ``load_sample(0 .. length-1)`` into a new cache at ``folder``, atomically
     (``folder`` must not exist; if another process creates it first, its cache is kept)."""
     tmp = _new_tmp_path(folder)
@@ -524,7 +557,8 @@ def _build(folder: Path, params: Mapping[str, Any], length: int,
         while True:
             tmp.mkdir()
             try:
-                manifest, metas = _write_arrays(tmp, folder, params, length, load_sample, as_is)
+                manifest, metas = _write_arrays(tmp, folder, params, length, load_sample, as_is,
+                                               forms)
                 break
             except _DoesNotFit as exc:
                 warnings.warn(f"{folder.name}: sample {exc.index}'s {exc.key} is outside the "
@@ -545,8 +579,9 @@ def _build(folder: Path, params: Mapping[str, Any], length: int,
 
 
 def _write_arrays(tmp: Path, folder: Path, params: Mapping[str, Any], length: int,
-                  load_sample: Callable[[int], Sample],
-                  as_is: Set[str]) -> Tuple[Manifest, List[Dict[str, Any]]]:
+                  load_sample: Callable[[int], Sample], as_is: Set[str],
+                  forms: Optional[Mapping[str, StoredForm]]
+                  ) -> Tuple[Manifest, List[Dict[str, Any]]]:
     """Fill the arrays in ``tmp``; returns the manifest and the metas. Raises _DoesNotFit."""
     specs: Dict[str, ArraySpec] = {}
     arrays: Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]] = {}
@@ -556,7 +591,7 @@ def _write_arrays(tmp: Path, folder: Path, params: Mapping[str, Any], length: in
         tensors = {key: t.numpy() for key, t in sample.items() if key not in (META, VALID)}
         if not specs:
             for key, x in tensors.items():
-                form = EXACT if key in as_is else stored_form(key, x)
+                form = EXACT if key in as_is else stored_form(key, x, forms)
                 specs[key] = ArraySpec(form, (length, *x.shape),
                                        np.dtype(form.dtype or x.dtype), x.dtype)
             arrays = _allocate(tmp, folder, specs)

@@ -21,8 +21,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
-from datasets.cache import (EXACT, MANIFEST, META_FILE, MM_UINT16, SCALED_FLOAT16, TMP_MARK,
-                            UNIT_UINT8, SampleCache, cache_folder, open_or_build, read_manifest)
+from datasets.cache import (EXACT, MANIFEST, META_FILE, MM_UINT16, SCALED_FLOAT16, SCALED_UINT8,
+                            TMP_MARK, UNIT_UINT8, SampleCache, StoredForm, cache_folder,
+                            open_or_build, read_manifest)
 from datasets.errors import DataError
 from datasets.sample import Sample
 
@@ -42,8 +43,10 @@ def the_cache(cache_dir: Path) -> Path:
     return cache_dir / name
 
 
-def assert_within_bounds(got: Sample, want: Sample) -> None:
-    """Cached ``got`` equals uncached ``want`` within the bounds that ``datasets.cache`` states."""
+def assert_within_bounds(got: Sample, want: Sample,
+                         audio_form: StoredForm = SCALED_FLOAT16) -> None:
+    """Cached ``got`` equals uncached ``want`` within the bounds that ``datasets.cache`` states
+    (for spectrogram audio: those of ``audio_form``)."""
     assert got.keys() == want.keys()
     assert got["meta"] == want["meta"]
     assert torch.equal(got["valid"], want["valid"])      # holes exactly where they were
@@ -55,6 +58,8 @@ def assert_within_bounds(got: Sample, want: Sample) -> None:
             bound = torch.full_like(w, 0.5 / 255 + 2 ** -24)
         elif key == "depth":                              # 0.5 mm, + float32 rounding at 30 m
             bound = torch.where(w >= 5e-4, 5e-4 + 1e-6, 1e-3)
+        elif key == "audio" and w.ndim == 3 and audio_form == SCALED_UINT8:
+            bound = torch.full_like(w, w.max() / 510 + 2 ** -23 * w.max())
         elif key == "audio" and w.ndim == 3:
             bound = 2 ** -11 * w.abs() + 2 ** -39 * w.abs().max()
         else:
@@ -114,9 +119,13 @@ def test_cached_sample_equals_source_within_bounds(tmp_path, v1_root, v2_root, f
     cached = reader(root, "train", cache_dir=tmp_path / "cache", **kwargs)
     source = reader(root, "train", **kwargs)
     assert len(cached) == len(source)
+    audio_form = read_manifest(the_cache(tmp_path / "cache")).arrays["audio"].form
+    # Log-scaled spectrograms (the default recipe) in 8 bits; linear ones (official) in float16.
+    assert audio_form == {"waveform": EXACT}.get(
+        audio, SCALED_UINT8 if recipe == "default" else SCALED_FLOAT16)
     for i in range(len(source)):
         got, want = cached[i], source.load_sample(i)
-        assert_within_bounds(got, want)
+        assert_within_bounds(got, want, audio_form)
         assert (want["depth"] == 0).any()                # the trees have holes to preserve
         if fmt == "v2" and recipe == "default":          # uint16 mm, nearest resize: exact
             assert torch.equal(got["depth"], want["depth"])
@@ -132,15 +141,15 @@ def test_stored_dtypes_and_bytes(tmp_path, v2_root):
     n = len(dataset)
     arrays = read_manifest(folder).arrays
     assert {k: (a.form, a.dtype.name) for k, a in arrays.items()} == {
-        "audio": (SCALED_FLOAT16, "float16"), "depth": (MM_UINT16, "uint16"),
+        "audio": (SCALED_UINT8, "uint8"), "depth": (MM_UINT16, "uint16"),
         "rgb": (UNIT_UINT8, "uint8")}
-    # Per sample: audio 2·32·32 float16 + a float32 scale, depth 32·32 uint16, rgb 3·32·32 uint8.
+    # Per sample: audio 2·32·32 uint8 + a float32 scale, depth 32·32 uint16, rgb 3·32·32 uint8.
     assert {k: a.stored_bytes for k, a in arrays.items()} == {
-        "audio": 4096 + 4, "depth": 2048, "rgb": 3072}
+        "audio": 2048 + 4, "depth": 2048, "rgb": 3072}
     assert {k: a.sample_bytes for k, a in arrays.items()} == {
         "audio": 8192, "depth": 4096, "rgb": 12288}
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
-    assert sizes["audio.bin"] == n * 4096 and sizes["audio.scale.bin"] == n * 4
+    assert sizes["audio.bin"] == n * 2048 and sizes["audio.scale.bin"] == n * 4
     assert sizes["depth.bin"] == n * 2048 and sizes["rgb.bin"] == n * 3072
     waveform = BatvisionV2Dataset(v2_root, "test", image_size=SIZE, audio="waveform",
                                   cache_dir=tmp_path / "wave")
@@ -187,6 +196,30 @@ def test_audio_form_neither_overflows_nor_underflows():
     assert np.abs(decoded - tiny).max() <= 2 ** -11 * 1e-3
     assert abs(decoded[1] - 1e-9) <= 2 ** -11 * 1e-9
     assert SCALED_FLOAT16.encode(np.array([1.0, np.inf], dtype=np.float32)) is None
+
+
+def test_log_audio_form_rounds_to_255_levels_of_the_sample_peak() -> None:
+    x = np.array([0.0, 10.0, 4.0, 0.02, 0.019, 9.99], dtype=np.float32)
+    stored, scale = SCALED_UINT8.encode(x)
+    assert stored.dtype == np.uint8 and scale == pytest.approx(10.0 / 255)
+    assert stored.tolist() == [0, 255, 102, 1, 0, 255]  # 0.51 → 1; 0.48 → 0; 254.7 → 255
+    decoded = SCALED_UINT8.decode(stored, scale).numpy()
+    assert decoded[0] == 0.0 and decoded[1] == pytest.approx(10.0)
+    assert np.abs(decoded - x).max() <= 10.0 / 510 + 2 ** -23 * 10.0
+    assert SCALED_UINT8.encode(np.zeros(3, dtype=np.float32))[0].tolist() == [0, 0, 0]
+    for outside in (-1e-3, np.inf, np.nan):                # non-negative and finite only
+        assert SCALED_UINT8.encode(np.array([1.0, outside], dtype=np.float32)) is None
+
+
+def test_the_callers_forms_choose_the_stored_form_and_the_cache_folder(tmp_path, source):
+    default = open_or_build(tmp_path / "cache", "fake", PARAMS, 4, source)
+    compact = open_or_build(tmp_path / "cache", "fake", PARAMS, 4, source,
+                            forms={"audio": SCALED_UINT8})
+    assert default.folder != compact.folder
+    assert read_manifest(default.folder).arrays["audio"].form == SCALED_FLOAT16
+    assert read_manifest(compact.folder).arrays["audio"].form == SCALED_UINT8
+    for i in range(4):
+        assert_within_bounds(compact[i], fake_sample(i), SCALED_UINT8)
 
 
 def test_tensor_outside_its_form_is_stored_as_it_is(tmp_path, source):
@@ -245,8 +278,9 @@ def test_changed_parameter_never_reuses_a_stale_cache(tmp_path, v2_root, change)
     changed = BatvisionV2Dataset(v2_root, cache_dir=cache_dir, **{**base, **change})
     assert len(cache_folders(cache_dir)) == 2
     source = BatvisionV2Dataset(v2_root, **{**base, **change})
+    audio_form = read_manifest(changed._cache.folder).arrays["audio"].form
     for i in range(len(source)):
-        assert_within_bounds(changed[i], source.load_sample(i))
+        assert_within_bounds(changed[i], source.load_sample(i), audio_form)
 
 
 def test_changed_split_csv_never_reuses_a_stale_cache(tmp_path, v2_root):
