@@ -1,96 +1,198 @@
-"""The student ablation: one lever at a time against the official U-Net, on one simulated world.
+"""Screening of the student's levers: one change at a time, over training seeds, on one simulated
+world.
 
-Each row is a ``train_binaural_attention.py`` command line (printed before it runs) on a world
-written by ``make_synthetic_batvision.py``; the table gives each run's validation RMSE at its
-best and last epoch, read from its ``metrics.json``, and its mean seconds per epoch. Rows build
-on each other as listed (``+`` = the previous row's flags plus these). Runs already finished
-under ``--out`` are read, not trained again (delete the folder to retrain).
+Each row is a training command line (``train_binaural_attention.py``; ``train_rgb_depth.py`` for
+the teacher, ``train_distillation.py`` for the distillation rows), printed before it runs, on a
+world written by ``make_synthetic_batvision.py``. The table gives per row the mean ± sample std
+over seeds of the best validation RMSE, each run's own figures, and the mean seconds per epoch.
+A run already under ``--out`` is read only while the identity it recorded (resolved settings,
+data fingerprint, teacher fingerprint) equals the one its command line would record now;
+otherwise it is trained again.
 
-Screening, not the benchmark: one seed, validation split, by default 64x64 and 15 epochs, so
-differences under ~0.05 m are noise. The benchmark of the chosen recipe is
-``run_experiments.py --preset standard`` (128x128, 20 epochs, 3 seeds, test split).
+Rows, in two groups:
+
+* ``history``: how ``configs/synthetic/student.yaml`` was chosen, each row building on an earlier
+  one (plain -> recipe -> query / ild -> ild_ema), beside the official U-Net;
+* ``levers``: one change at a time against ``student.yaml`` (attention at levels 3-5, L1 plus a
+  scale-invariant log term, learning rate 2e-3, width 12), and distillation against
+  ``kd.yaml`` from the teacher of ``teacher.yaml`` (seed 0, shared by every seed's student).
+
+Screening, not the benchmark: validation split, 64x64 by default, few epochs. The benchmark of
+the chosen recipe is ``run_experiments.py --preset standard`` (128x128, 20 epochs, test split).
 
     python make_synthetic_batvision.py --out data/world0/v2 --seed 0
     python benchmarks/student_ablations.py --data_root data/world0/v2 --out results/ablations
+    python benchmarks/student_ablations.py --data_root data/world0/v2 --group history --seeds 1 \\
+        --epochs 15
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training import cli  # noqa: E402
+from training.checkpoint import BEST_CHECKPOINT  # noqa: E402
+from training.experiments import REUSE, decide, identity_of  # noqa: E402
+
+CONFIGS = "configs/synthetic"
 STUDENT = ("--model", "binaural_attention", "--base_channels", "8", "--attention_levels", "4,5")
 RECIPE = ("--head_init_depth", "median", "--scheduler", "cosine", "--warmup_epochs", "1",
           "--mirror_augment")
-# (name, description, flags); each row is one lever changed against an earlier row.
-ROWS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
-    ("official_unet", "official BatVision U-Net, official recipe (configs)",
-     ("--config", "configs/synthetic/official_unet.yaml")),
-    ("plain", "student base 8, attention 4,5, no schedule (the old quick student)", STUDENT),
-    ("recipe", "+ head at the median depth, cosine + 1 warm-up epoch, mirror", STUDENT + RECIPE),
-    ("query", "recipe + image-grid query decoder", STUDENT + RECIPE + ("--decoder", "query")),
-    ("ild", "recipe + interaural level difference input",
-     STUDENT + RECIPE + ("--input_features", "ild")),
-    ("ild_ema", "ild + EMA of the weights (0.995)",
-     STUDENT + RECIPE + ("--input_features", "ild", "--ema_decay", "0.995")),
+FEATURES = ("--lambda_feat", "0.5", "--feature_levels", "d1,d2,d3,d4")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row: a training command line without its sizes, seed and folders.
+
+    Attributes:
+        name: run folder prefix (``<name>_s<seed>``).
+        group: ``history`` or ``levers``.
+        kind: ``student``, ``teacher`` or ``kd`` (which script, ``cli.KIND_SCRIPTS``).
+        flags: the row's own flags (a ``--config`` file first, if any).
+        description: one line for the table.
+        seeds: ``None``: every seed of ``--seeds``; else only these (the shared teacher).
+    """
+
+    name: str
+    group: str
+    kind: str
+    flags: Tuple[str, ...]
+    description: str
+    seeds: Optional[Tuple[int, ...]] = None
+
+
+def _config(name: str) -> Tuple[str, str]:
+    return ("--config", f"{CONFIGS}/{name}.yaml")
+
+
+ROWS: Tuple[Row, ...] = (
+    Row("official_unet", "history", "student", _config("official_unet"),
+        "official BatVision U-Net, official recipe"),
+    Row("plain", "history", "student", STUDENT,
+        "student base 8, attention 4,5, no schedule (the old quick student)"),
+    Row("recipe", "history", "student", STUDENT + RECIPE,
+        "+ head at the median depth, cosine + 1 warm-up epoch, mirror"),
+    Row("query", "history", "student", STUDENT + RECIPE + ("--decoder", "query"),
+        "recipe + image-grid query decoder"),
+    Row("ild", "history", "student", STUDENT + RECIPE + ("--input_features", "ild"),
+        "recipe + interaural level difference input"),
+    Row("ild_ema", "history", "student",
+        STUDENT + RECIPE + ("--input_features", "ild", "--ema_decay", "0.995"),
+        "ild + EMA of the weights (0.995)"),
+    Row("official_unet", "levers", "student", _config("official_unet"),
+        "official BatVision U-Net, official recipe"),
+    Row("student", "levers", "student", _config("student"), "student.yaml"),
+    Row("att345", "levers", "student", _config("student") + ("--attention_levels", "3,4,5"),
+        "student.yaml, attention at levels 3,4,5"),
+    Row("l1_silog", "levers", "student", _config("student") + ("--criterion", "l1_silog"),
+        "student.yaml, L1 + scale-invariant log loss"),
+    Row("lr2e-3", "levers", "student", _config("student") + ("--learning_rate", "0.002"),
+        "student.yaml, learning rate 2e-3"),
+    Row("base12", "levers", "student", _config("student") + ("--base_channels", "12"),
+        "student.yaml, width 12 (2.2x the compute)"),
+    Row("teacher", "levers", "teacher", _config("teacher"), "RGB teacher (teacher.yaml)",
+        seeds=(0,)),
+    Row("kd", "levers", "kd", _config("kd"), "kd.yaml: depth KD (weight 1)"),
+    Row("kd_feat", "levers", "kd", _config("kd") + FEATURES,
+        "kd.yaml + feature KD on d1..d4 (weight 0.5)"),
+    Row("kd_feat_only", "levers", "kd", _config("kd") + ("--lambda_depth", "0") + FEATURES,
+        "kd.yaml without depth KD, feature KD on d1..d4 (weight 0.5)"),
 )
+GROUPS = ("history", "levers")
 
 
-def run_command(name: str, flags: Tuple[str, ...], args: argparse.Namespace) -> List[str]:
-    """The training command line of one row."""
-    return [sys.executable, "train_binaural_attention.py", *flags, "--dataset", "batvisionv2",
-            "--data_root", args.data_root, "--image_size", str(args.image_size),
-            "--nb_epochs", str(args.epochs), "--batch_size", "8", "--seed", str(args.seed),
-            "--max_depth", "15", "--num_workers", "0", "--num_val_images", "0",
-            "--cache_dir", str(Path(args.out) / "cache"), "--checkpoint_dir", args.out,
-            "--experiment_name", name]
-
-
-def summary(run_dir: Path) -> Tuple[float, float, float]:
-    """(best val RMSE, last val RMSE, mean seconds per epoch) of a finished run."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = metrics["history"]
-    return (metrics["best"]["rmse"], history[-1]["val"]["rmse"],
-            sum(epoch["seconds"] for epoch in history) / len(history))
-
-
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True,
                         help="a V2 tree written by make_synthetic_batvision.py")
     parser.add_argument("--out", default="results/ablations", help="run folders and cache")
-    parser.add_argument("--image_size", type=int, default=64, help="input side, pixels")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs per run")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
-    parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
-                        help="comma-separated subset of the rows, in table order")
-    args = parser.parse_args()
-    wanted = args.rows.split(",")
+    parser.add_argument("--group", choices=GROUPS, default="levers", help="which rows")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated subset of the group's rows (default: all)")
+    parser.add_argument("--image_size", type=cli.image_size, default=64,
+                        help="input side, pixels")
+    parser.add_argument("--epochs", type=cli.positive_int, default=10, help="epochs per run")
+    parser.add_argument("--seeds", type=cli.positive_int, default=3,
+                        help="training seeds 0..N-1 per row")
+    return parser.parse_args(argv)
+
+
+def run_argv(row: Row, seed: int, args: argparse.Namespace) -> List[str]:
+    """The script's arguments for one run of ``row``."""
+    argv = [*row.flags, "--dataset", "batvisionv2", "--data_root", args.data_root,
+            "--image_size", str(args.image_size), "--nb_epochs", str(args.epochs),
+            "--batch_size", "8", "--seed", str(seed), "--max_depth", "15",
+            "--num_workers", "0", "--num_val_images", "0",
+            "--cache_dir", str(Path(args.out) / "cache"), "--checkpoint_dir", args.out,
+            "--experiment_name", f"{row.name}_s{seed}"]
+    if row.kind == "kd":
+        argv += ["--teacher_checkpoint", str(Path(args.out) / "teacher_s0" / BEST_CHECKPOINT)]
+    return argv
+
+
+def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
+    """Train the run unless its folder holds a finished run of the same identity; its folder."""
+    argv = run_argv(row, seed, args)
+    run_dir = Path(args.out) / f"{row.name}_s{seed}"
+    action, differing = decide(run_dir, identity_of(row.kind, argv))
+    if action == REUSE:
+        print(f"[reuse] {run_dir}", flush=True)
+        return run_dir
+    if differing:
+        print(f"[retrain] {run_dir}: {'; '.join(differing)}", flush=True)
+    command = [sys.executable, cli.KIND_SCRIPTS[row.kind], *argv]
+    print("$ " + shlex.join(command), flush=True)
+    subprocess.run(command + (["--overwrite"] if run_dir.exists() else []), cwd=REPO,
+                   check=True)
+    return run_dir
+
+
+def summary(run_dir: Path) -> Tuple[float, float]:
+    """(best validation RMSE, mean seconds per epoch) of a finished run."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = metrics["history"]
+    return metrics["best"]["rmse"], sum(epoch["seconds"] for epoch in history) / len(history)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
+    """Run the chosen rows; print the table; returns row name → best validation RMSE per seed."""
+    args = parse_args(argv)
+    rows = [row for row in ROWS if row.group == args.group]
+    if args.rows is not None:
+        wanted = args.rows.split(",")
+        unknown = sorted(set(wanted) - {row.name for row in rows})
+        if unknown:
+            sys.exit(f"error: --rows: no row {', '.join(unknown)} in group {args.group}")
+        # distillation rows need the teacher
+        wanted += ["teacher"] * any(row.kind == "kd" for row in rows if row.name in wanted)
+        rows = [row for row in rows if row.name in wanted]
+    results: Dict[str, List[float]] = {}
     table = []
-    for name, description, flags in ROWS:
-        if name not in wanted:
-            continue
-        run_dir = Path(args.out) / name
-        metrics = run_dir / "metrics.json"
-        done = (metrics.is_file()
-                and len(json.loads(metrics.read_text())["history"]) >= args.epochs)
-        if not done:
-            command = run_command(name, flags, args)
-            print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
-            subprocess.run(command + (["--overwrite"] if run_dir.exists() else []), cwd=REPO,
-                           check=True)
-        table.append((name, description, *summary(run_dir)))
-    print(f"\nvalidation RMSE (m), {args.image_size}x{args.image_size}, {args.epochs} epochs, "
-          f"seed {args.seed}, {args.data_root}")
-    print(f"{'row':<14} {'best':>7} {'last':>7} {'s/epoch':>8}  what")
-    for name, description, best, last, seconds in table:
-        print(f"{name:<14} {best:>7.3f} {last:>7.3f} {seconds:>8.1f}  {description}")
+    for row in rows:
+        seeds = row.seeds or tuple(range(args.seeds))
+        figures = [summary(bring_up_to_date(row, seed, args)) for seed in seeds]
+        results[row.name] = [best for best, _ in figures]
+        table.append((row, results[row.name], statistics.fmean(s for _, s in figures)))
+    print(f"\nbest validation RMSE (m), {args.image_size}x{args.image_size}, {args.epochs} epochs, "
+          f"{args.data_root}; mean ± sample std over seeds")
+    print(f"{'row':<14} {'mean':>7} {'std':>6} {'s/epoch':>8}  per seed; what")
+    for row, best, seconds in table:
+        spread = f"{statistics.stdev(best):6.3f}" if len(best) > 1 else f"{'-':>6}"
+        print(f"{row.name:<14} {statistics.fmean(best):7.3f} {spread} {seconds:8.1f}  "
+              f"{' '.join(f'{b:.3f}' for b in best)}; {row.description}")
+    return results
 
 
 if __name__ == "__main__":

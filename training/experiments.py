@@ -396,32 +396,48 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
 
 
 def parse_run_args(spec: RunSpec) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The training script's parser and its parse of the run's command line, its ``--config``
-    file first (so the flags override the file), as the script itself parses it.
+    """The training script's parser and its parse of the run's command line (:func:`parse_argv`).
 
     Raises:
         UsageError: a bad config file (one line naming it).
     """
-    parser = cli.build_parser(spec.experiment.kind, None)
-    parser.prog = spec.script  # a bad value in a config file is reported as that script's
-    return parser, parser.parse_args(cli.with_config(parser, spec.argv))
+    return parse_argv(spec.experiment.kind, spec.argv)
+
+
+def parse_argv(kind: str,
+               argv: Sequence[str]) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser of the training script of ``kind`` (``cli.KIND_SCRIPTS``) and its parse of
+    ``argv``, its ``--config`` file first (so the flags override the file), as the script itself
+    parses it.
+
+    Raises:
+        UsageError: a bad config file (one line naming it).
+    """
+    parser = cli.build_parser(kind, None)
+    parser.prog = cli.KIND_SCRIPTS[kind]  # a bad value in a config file is reported as its own
+    return parser, parser.parse_args(cli.with_config(parser, argv))
 
 
 def wanted_identity(spec: RunSpec) -> Dict[str, Any]:
-    """The identity the run would record if trained now (:func:`training.identity.run_identity`):
-    its arguments resolved as the training script resolves them (data flags by
-    :func:`training.data.resolve_data`), the train+val data fingerprint and, for distillation,
-    the fingerprint of the teacher checkpoint on disk.
+    """The identity the run would record if trained now (:func:`identity_of`)."""
+    return identity_of(spec.experiment.kind, spec.argv)
+
+
+def identity_of(kind: str, argv: Sequence[str]) -> Dict[str, Any]:
+    """The identity a run of the training script of ``kind`` with ``argv`` would record if
+    trained now (:func:`training.identity.run_identity`): its arguments resolved as the script
+    resolves them (data flags by :func:`training.data.resolve_data`), the train+val data
+    fingerprint and, for distillation, the fingerprint of the teacher checkpoint on disk.
 
     Raises:
         DataError: unreadable split CSVs or teacher checkpoint.
     """
-    parser, args = parse_run_args(spec)
+    parser, args = parse_argv(kind, argv)
     _, data_fingerprint = resolve_data(args, DistContext())
     teacher = (checkpoint_fingerprint(load_checkpoint(args.teacher_checkpoint))
-               if spec.experiment.kind == "kd" else None)
-    return run_identity(vars(args), cli.flag_groups(parser), spec.experiment.kind,
-                        cli.model_name_of(args), data_fingerprint, teacher)
+               if kind == "kd" else None)
+    return run_identity(vars(args), cli.flag_groups(parser), kind, cli.model_name_of(args),
+                        data_fingerprint, teacher)
 
 
 NEW, REUSE, RESUME, RETRAIN = "new", "reuse", "resume", "retrain"
