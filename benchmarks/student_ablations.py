@@ -4,7 +4,8 @@ world.
 Each row is a training command line (``train_binaural_attention.py``; ``train_rgb_depth.py`` for
 the teacher, ``train_distillation.py`` for the distillation rows), printed before it runs, on a
 world written by ``make_synthetic_batvision.py``. The table gives per row the mean ± sample std
-over seeds of the best validation RMSE, each run's own figures, and the mean seconds per epoch.
+over seeds of the best validation RMSE, each run's own, the mean RMSE at the last epoch and the
+mean seconds per epoch.
 A run already under ``--out`` is read only while the identity it recorded (resolved settings,
 data fingerprint, teacher fingerprint) equals the one its command line would record now;
 otherwise it is trained again.
@@ -104,6 +105,8 @@ ROWS: Tuple[Row, ...] = (
     Row("teacher", "levers", "teacher", _config("teacher"), "RGB teacher (teacher.yaml)",
         seeds=(0,)),
     Row("kd", "levers", "kd", _config("kd"), "kd.yaml: depth KD (weight 1)"),
+    Row("kd_light", "levers", "kd", _config("kd") + ("--lambda_depth", "0.1"),
+        "kd.yaml with depth KD at weight 0.1"),
     Row("kd_feat", "levers", "kd", _config("kd") + FEATURES,
         "kd.yaml + feature KD on d1..d4 (weight 0.5)"),
     Row("kd_feat_only", "levers", "kd", _config("kd") + ("--lambda_depth", "0") + FEATURES,
@@ -159,11 +162,12 @@ def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def summary(run_dir: Path) -> Tuple[float, float]:
-    """(best validation RMSE, mean seconds per epoch) of a finished run."""
+def summary(run_dir: Path) -> Tuple[float, float, float]:
+    """(best validation RMSE, last epoch's, mean seconds per epoch) of a finished run."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     history = metrics["history"]
-    return metrics["best"]["rmse"], sum(epoch["seconds"] for epoch in history) / len(history)
+    return (metrics["best"]["rmse"], history[-1]["val"]["rmse"],
+            sum(epoch["seconds"] for epoch in history) / len(history))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
@@ -183,14 +187,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
     for row in rows:
         seeds = row.seeds or tuple(range(args.seeds))
         figures = [summary(bring_up_to_date(row, seed, args)) for seed in seeds]
-        results[row.name] = [best for best, _ in figures]
-        table.append((row, results[row.name], statistics.fmean(s for _, s in figures)))
+        results[row.name] = [best for best, _, _ in figures]
+        table.append((row, results[row.name], statistics.fmean(last for _, last, _ in figures),
+                      statistics.fmean(seconds for _, _, seconds in figures)))
     print(f"\nbest validation RMSE (m), {args.image_size}x{args.image_size}, {args.epochs} epochs, "
           f"{args.data_root}; mean ± sample std over seeds")
-    print(f"{'row':<14} {'mean':>7} {'std':>6} {'s/epoch':>8}  per seed; what")
-    for row, best, seconds in table:
+    print(f"{'row':<14} {'best':>7} {'std':>6} {'last':>7} {'s/epoch':>8}  best per seed; what")
+    for row, best, last, seconds in table:
         spread = f"{statistics.stdev(best):6.3f}" if len(best) > 1 else f"{'-':>6}"
-        print(f"{row.name:<14} {statistics.fmean(best):7.3f} {spread} {seconds:8.1f}  "
+        print(f"{row.name:<14} {statistics.fmean(best):7.3f} {spread} {last:7.3f} {seconds:8.1f}  "
               f"{' '.join(f'{b:.3f}' for b in best)}; {row.description}")
     return results
 
