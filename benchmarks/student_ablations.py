@@ -157,8 +157,10 @@ def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
         print(f"[retrain] {run_dir}: {'; '.join(differing)}", flush=True)
     command = [sys.executable, cli.KIND_SCRIPTS[row.kind], *argv]
     print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command + (["--overwrite"] if run_dir.exists() else []), cwd=REPO,
-                   check=True)
+    completed = subprocess.run(command + (["--overwrite"] if run_dir.exists() else []), cwd=REPO)
+    if completed.returncode != 0:
+        sys.exit(f"error: {cli.KIND_SCRIPTS[row.kind]} exited with status "
+                 f"{completed.returncode} for {run_dir} (its message is above)")
     return run_dir
 
 

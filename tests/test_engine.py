@@ -24,7 +24,8 @@ from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from models import build_model
 from training import cli, losses
 from training.checkpoint import (
-    BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, non_finite_tensors,
+    BEST_CHECKPOINT, LAST_CHECKPOINT, RUN_LOCK, load_checkpoint, non_finite_tensors,
+    run_folder_lock,
 )
 from training.data import build_data, mirror_batch
 from training.engine import (
@@ -279,7 +280,24 @@ def test_overwrite_clears_the_previous_run_and_only_it(
         "eval_test/metrics.json, eval_test/per_image.csv, last_model.pth, metrics.json, "
         f"val_best.png, val_last.png from {run}")
     assert sorted(p.name for p in run.iterdir()) == [
-        ".notes.txt.1.tmp", "config.json", "config.yaml", "notes.txt"]
+        ".notes.txt.1.tmp", RUN_LOCK, "config.json", "config.yaml", "notes.txt"]
+
+
+def test_a_run_folder_being_trained_is_not_touched_by_a_second_run(
+        data_root: Path, tmp_path: Path) -> None:
+    argv = train_argv(data_root, tmp_path, "run", "--nb_epochs", "1")
+    train_rgb_depth.main(argv)
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != RUN_LOCK}
+    # Held as a training process holds it (another open of the file: flock then conflicts
+    # within one process as between two).
+    with run_folder_lock(run):
+        message = _stop_message([*argv, "--overwrite"])
+        assert message == (f"error: {run} is being written by another training process (pid "
+                           f"{os.getpid()}): wait for it, stop it, or choose another "
+                           "--experiment_name")
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != RUN_LOCK} == before
+    train_rgb_depth.main([*argv, "--overwrite"])  # released: the folder is free again
 
 
 def test_resume_repairs_a_best_model_cut_short_and_drops_a_stale_one(

@@ -16,9 +16,18 @@ refuses weights holding one, so a diverged run can never be stored or used as a 
 
 Problems with a checkpoint file raise :class:`datasets.errors.DataError` (one line naming the file),
 the project's single "bad file on disk" error.
+
+One writer per run folder: a training run holds an exclusive lock on ``<run folder>/.run.lock``
+(:func:`run_folder_lock`) from before it touches the folder until it ends, so a second process
+aimed at the same folder (another ``--overwrite``, a resume) stops with one line instead of
+clearing or interleaving the first one's files. The kernel releases the lock when its holder
+dies, even by SIGKILL.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -34,7 +43,7 @@ import torch
 from torch import nn
 
 from datasets.errors import DataError
-from training.errors import TrainingError
+from training.errors import TrainingError, UsageError
 
 FORMAT_VERSION = 1
 LAST_CHECKPOINT = "last_model.pth"
@@ -52,6 +61,7 @@ EVALUATION_PREFIX = "eval_"
 PER_IMAGE_FILE = "per_image.csv"
 EVALUATION_FILES = (METRICS_FILE, PER_IMAGE_FILE)
 LATEST = "latest"
+RUN_LOCK = ".run.lock"
 
 
 class Checkpoint(TypedDict):
@@ -161,6 +171,36 @@ def remove_temporaries(folder: "str | os.PathLike[str]", names: Sequence[str]) -
                 tmp.unlink()
                 removed.append(tmp)
     return removed
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: "str | os.PathLike[str]") -> Iterator[None]:
+    """Hold the exclusive lock of ``run_dir`` (created if missing) while the block runs.
+
+    Raises:
+        UsageError: another process holds it (the message names the folder and that process).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / RUN_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise UsageError(f"{run_dir} is being written by another training process (pid "
+                             f"{holder}): wait for it, stop it, or choose another "
+                             "--experiment_name") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def clear_run_folder(run_dir: "str | os.PathLike[str]") -> List[Path]:

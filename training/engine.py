@@ -94,7 +94,7 @@ from training.checkpoint import (
     BEST_CHECKPOINT, CONFIG_FILE, FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE, RUN_FILES,
     VAL_BEST_PICTURE, VAL_LAST_PICTURE, Checkpoint, atomic_write, capture_rng_state, check_finite,
     clear_run_folder, describe_names, load_checkpoint, non_finite_tensors, remove_temporaries,
-    restore_rng_state, save_checkpoint, training_weights, write_json,
+    restore_rng_state, run_folder_lock, save_checkpoint, training_weights, write_json,
 )
 from training.cli import Run, write_resolved_config
 from training.data import Data, mirror_batch, mirror_flags
@@ -505,6 +505,13 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         """See :func:`fit`."""
+        # Rank 0 writes the folder: it holds the folder's lock throughout (one writer per run).
+        lock = (run_folder_lock(self.run.run_dir) if self.context.is_main
+                else contextlib.nullcontext())
+        with lock:
+            return self._fit()
+
+    def _fit(self) -> Dict[str, Any]:
         args, state, main = self.args, self.state, self.context.is_main
         if main:
             self._prepare_run_folder()
