@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from training import cli  # noqa: E402
 from training.checkpoint import BEST_CHECKPOINT  # noqa: E402
-from training.experiments import REUSE, decide, identity_of  # noqa: E402
+from training.experiments import RESUME, REUSE, decide, identity_of  # noqa: E402
 
 CONFIGS = "configs/synthetic"
 STUDENT = ("--model", "binaural_attention", "--base_channels", "8", "--attention_levels", "4,5")
@@ -111,6 +111,11 @@ ROWS: Tuple[Row, ...] = (
         "kd.yaml + feature KD on d1..d4 (weight 0.5)"),
     Row("kd_feat_only", "levers", "kd", _config("kd") + ("--lambda_depth", "0") + FEATURES,
         "kd.yaml without depth KD, feature KD on d1..d4 (weight 0.5)"),
+    Row("kd_confidence", "levers", "kd", _config("kd") + ("--kd_schedule", "confidence"),
+        "kd.yaml, depth KD weighted per pixel by the teacher's accuracy"),
+    Row("kd_attention", "levers", "kd",
+        _config("kd") + FEATURES + ("--feature_matching", "attention"),
+        "kd.yaml + attention transfer on d1..d4 (weight 0.5)"),
 )
 GROUPS = ("history", "levers")
 
@@ -146,7 +151,8 @@ def run_argv(row: Row, seed: int, args: argparse.Namespace) -> List[str]:
 
 
 def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
-    """Train the run unless its folder holds a finished run of the same identity; its folder."""
+    """Reuse the run's folder when it holds a finished run of the same identity, resume it when
+    the run was cut short, else train it afresh; returns the folder."""
     argv = run_argv(row, seed, args)
     run_dir = Path(args.out) / f"{row.name}_s{seed}"
     action, differing = decide(run_dir, identity_of(row.kind, argv))
@@ -155,9 +161,13 @@ def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
         return run_dir
     if differing:
         print(f"[retrain] {run_dir}: {'; '.join(differing)}", flush=True)
+    if action == RESUME:  # same settings, cut short
+        argv += ["--resume", str(run_dir)]
+    elif run_dir.exists():
+        argv.append("--overwrite")
     command = [sys.executable, cli.KIND_SCRIPTS[row.kind], *argv]
     print("$ " + shlex.join(command), flush=True)
-    completed = subprocess.run(command + (["--overwrite"] if run_dir.exists() else []), cwd=REPO)
+    completed = subprocess.run(command, cwd=REPO)
     if completed.returncode != 0:
         sys.exit(f"error: {cli.KIND_SCRIPTS[row.kind]} exited with status "
                  f"{completed.returncode} for {run_dir} (its message is above)")

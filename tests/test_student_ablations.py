@@ -2,12 +2,13 @@
 names of a group are unique (they name run folders)."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from benchmarks import student_ablations
-from training.experiments import parse_argv
+from training.experiments import NEW, RESUME, RETRAIN, parse_argv
 
 
 @pytest.mark.parametrize("group", student_ablations.GROUPS)
@@ -28,3 +29,25 @@ def test_an_unknown_row_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stopped:
         student_ablations.main(["--data_root", str(tmp_path), "--rows", "student,nope"])
     assert str(stopped.value) == "error: --rows: no row nope in group levers"
+
+
+@pytest.mark.parametrize("action, differing", [
+    (RESUME, []), (RETRAIN, ["--seed: 0 -> 1"]), (NEW, [])])
+def test_a_run_is_resumed_when_cut_short_and_retrained_when_it_differs(
+        action: str, differing: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = student_ablations.parse_args(["--data_root", str(tmp_path), "--out", str(tmp_path)])
+    row = next(r for r in student_ablations.ROWS if r.name == "student")
+    if action != NEW:
+        (tmp_path / "student_s0").mkdir()
+    commands = []
+    monkeypatch.setattr(student_ablations, "identity_of", lambda kind, argv: {})
+    monkeypatch.setattr(student_ablations, "decide", lambda run_dir, wanted: (action, differing))
+    monkeypatch.setattr(student_ablations.subprocess, "run",
+                        lambda command, cwd: commands.append(command) or
+                        subprocess.CompletedProcess(command, 0))
+    student_ablations.bring_up_to_date(row, 0, args)
+    (command,) = commands
+    if action == RESUME:
+        assert command[-2:] == ["--resume", str(tmp_path / "student_s0")]
+    assert ("--resume" in command) == (action == RESUME)
+    assert ("--overwrite" in command) == (action == RETRAIN)
