@@ -6,9 +6,9 @@ the teacher, ``train_distillation.py`` for the distillation rows), printed befor
 world written by ``make_synthetic_batvision.py``. The table gives per row the mean ± sample std
 over seeds of the best validation RMSE, each run's own, the mean RMSE at the last epoch and the
 mean seconds per epoch.
-A run already under ``--out`` is read only while the identity it recorded (resolved settings,
-data fingerprint, teacher fingerprint) equals the one its command line would record now;
-otherwise it is trained again.
+A run already under ``--out`` is handled as ``run_experiments.py`` handles one: read while the
+identity it recorded (resolved settings, data fingerprint, teacher fingerprint) equals the one
+its command line would record now, resumed when it was cut short, else trained again.
 
 Rows, in two groups:
 
@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +39,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training import cli  # noqa: E402
+from training import cli, experiments  # noqa: E402
 from training.checkpoint import BEST_CHECKPOINT  # noqa: E402
-from training.experiments import RESUME, REUSE, decide, identity_of  # noqa: E402
 
 CONFIGS = "configs/synthetic"
 STUDENT = ("--model", "binaural_attention", "--base_channels", "8", "--attention_levels", "4,5")
@@ -74,7 +71,8 @@ class Row:
 
 
 def _config(name: str) -> Tuple[str, str]:
-    return ("--config", f"{CONFIGS}/{name}.yaml")
+    # Absolute, so the script runs from any folder (commands show it relative to the repository).
+    return ("--config", str(REPO / CONFIGS / f"{name}.yaml"))
 
 
 ROWS: Tuple[Row, ...] = (
@@ -151,26 +149,11 @@ def run_argv(row: Row, seed: int, args: argparse.Namespace) -> List[str]:
 
 
 def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
-    """Reuse the run's folder when it holds a finished run of the same identity, resume it when
-    the run was cut short, else train it afresh; returns the folder."""
-    argv = run_argv(row, seed, args)
+    """Reuse, resume or train one run of ``row`` as ``run_experiments.py`` does
+    (:func:`training.experiments.bring_up_to_date`); returns its folder."""
     run_dir = Path(args.out) / f"{row.name}_s{seed}"
-    action, differing = decide(run_dir, identity_of(row.kind, argv))
-    if action == REUSE:
-        print(f"[reuse] {run_dir}", flush=True)
-        return run_dir
-    if differing:
-        print(f"[retrain] {run_dir}: {'; '.join(differing)}", flush=True)
-    if action == RESUME:  # same settings, cut short
-        argv += ["--resume", str(run_dir)]
-    elif run_dir.exists():
-        argv.append("--overwrite")
-    command = [sys.executable, cli.KIND_SCRIPTS[row.kind], *argv]
-    print("$ " + shlex.join(command), flush=True)
-    completed = subprocess.run(command, cwd=REPO)
-    if completed.returncode != 0:
-        sys.exit(f"error: {cli.KIND_SCRIPTS[row.kind]} exited with status "
-                 f"{completed.returncode} for {run_dir} (its message is above)")
+    experiments.bring_up_to_date(row.kind, run_argv(row, seed, args), run_dir,
+                                 experiments.run_script)
     return run_dir
 
 
@@ -198,7 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
     table = []
     for row in rows:
         seeds = row.seeds or tuple(range(args.seeds))
-        figures = [summary(bring_up_to_date(row, seed, args)) for seed in seeds]
+        with cli.user_errors():  # a failed run or a bad file: one line
+            figures = [summary(bring_up_to_date(row, seed, args)) for seed in seeds]
         results[row.name] = [best for best, _, _ in figures]
         table.append((row, results[row.name], statistics.fmean(last for _, last, _ in figures),
                       statistics.fmean(seconds for _, _, seconds in figures)))

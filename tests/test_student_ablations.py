@@ -2,12 +2,12 @@
 names of a group are unique (they name run folders)."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from benchmarks import student_ablations
+from training import experiments
 from training.experiments import NEW, RESUME, RETRAIN, parse_argv
 
 
@@ -40,13 +40,15 @@ def test_a_run_is_resumed_when_cut_short_and_retrained_when_it_differs(
     if action != NEW:
         (tmp_path / "student_s0").mkdir()
     commands = []
-    monkeypatch.setattr(student_ablations, "identity_of", lambda kind, argv: {})
-    monkeypatch.setattr(student_ablations, "decide", lambda run_dir, wanted: (action, differing))
-    monkeypatch.setattr(student_ablations.subprocess, "run",
-                        lambda command, cwd: commands.append(command) or
-                        subprocess.CompletedProcess(command, 0))
+    identity = {"fingerprint": "same"}
+    monkeypatch.setattr(experiments, "identity_of", lambda kind, argv: identity)
+    monkeypatch.setattr(experiments, "decide", lambda run_dir, wanted: (action, differing))
+    monkeypatch.setattr(experiments, "load_checkpoint", lambda path: {"identity": identity})
+    monkeypatch.setattr(experiments, "run_script",
+                        lambda script, argv, log: commands.append([script, *argv]))
     student_ablations.bring_up_to_date(row, 0, args)
     (command,) = commands
+    assert command[0] == "train_binaural_attention.py"
     if action == RESUME:
         assert command[-2:] == ["--resume", str(tmp_path / "student_s0")]
     assert ("--resume" in command) == (action == RESUME)

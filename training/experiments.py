@@ -354,7 +354,6 @@ class RunSpec:
     experiment: Experiment
     seed: int
     run_dir: Path
-    config: Path
     argv: Tuple[str, ...]
 
     @property
@@ -392,7 +391,7 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
         argv += ["--lambda_feat", str(preset.feature_weight)]
     if experiment.kind == "kd":
         argv += ["--teacher_checkpoint", str(seed_dir / TEACHER / BEST_CHECKPOINT)]
-    return RunSpec(experiment, seed, seed_dir / experiment.name, config, tuple(argv))
+    return RunSpec(experiment, seed, seed_dir / experiment.name, tuple(argv))
 
 
 def parse_run_args(spec: RunSpec) -> Tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -416,11 +415,6 @@ def parse_argv(kind: str,
     parser = cli.build_parser(kind, None)
     parser.prog = cli.KIND_SCRIPTS[kind]  # a bad value in a config file is reported as its own
     return parser, parser.parse_args(cli.with_config(parser, argv))
-
-
-def wanted_identity(spec: RunSpec) -> Dict[str, Any]:
-    """The identity the run would record if trained now (:func:`identity_of`)."""
-    return identity_of(spec.experiment.kind, spec.argv)
 
 
 def identity_of(kind: str, argv: Sequence[str]) -> Dict[str, Any]:
@@ -464,35 +458,53 @@ def decide(run_dir: Path, wanted: Dict[str, Any]) -> Tuple[str, List[str]]:
 
 
 def train_run(spec: RunSpec, setup: Setup) -> None:
-    """Bring one run up to date: reuse, resume or (re)train it (see the module docstring).
+    """Bring one run of the table up to date (:func:`bring_up_to_date`)."""
+    bring_up_to_date(spec.experiment.kind, spec.argv, spec.run_dir, setup.launch,
+                     setup.on_mismatch, setup.log(spec, "train"))
+
+
+def bring_up_to_date(kind: str, argv: Sequence[str], run_dir: Path, launch: Launcher,
+                     on_mismatch: str = "retrain", log: Optional[Path] = None) -> None:
+    """Reuse, resume or (re)train one run (see the module docstring).
+
+    Args:
+        kind: ``teacher``, ``student`` or ``kd`` (which training script, ``cli.KIND_SCRIPTS``).
+        argv: the script's arguments, without ``--resume``/``--overwrite``; they name
+            ``run_dir``.
+        run_dir: the run's folder.
+        launch: runs the script (:func:`run_script`).
+        on_mismatch: ``retrain`` or ``stop`` (:data:`MISMATCH_ACTIONS`) for a folder that holds
+            a run with another identity.
+        log: file that takes the script's output (``None``: the terminal).
 
     Raises:
-        UsageError: ``--on_mismatch stop`` and the folder holds a run with another identity.
+        UsageError: ``on_mismatch`` is ``stop`` and the folder holds a run with another
+            identity.
         TrainingError: the training script failed (its own message is printed above).
     """
-    wanted = wanted_identity(spec)
-    action, differing = decide(spec.run_dir, wanted)
+    wanted = identity_of(kind, argv)
+    action, differing = decide(run_dir, wanted)
     if action == REUSE:
-        print(f"[reuse] {spec.run_dir}: finished, same settings, data and teacher")
+        print(f"[reuse] {run_dir}: finished, same settings, data and teacher")
         return
-    argv = list(spec.argv)
+    argv = list(argv)
     if action == RESUME:
-        argv += ["--resume", str(spec.run_dir)]
+        argv += ["--resume", str(run_dir)]
     elif action == RETRAIN:
-        if setup.on_mismatch == "stop":
-            raise UsageError(f"{spec.run_dir} holds a run trained differently: "
+        if on_mismatch == "stop":
+            raise UsageError(f"{run_dir} holds a run trained differently: "
                              f"{'; '.join(differing)} (--on_mismatch retrain retrains it)")
-        print(f"[retrain] {spec.run_dir}: {'; '.join(differing)}")
+        print(f"[retrain] {run_dir}: {'; '.join(differing)}")
         argv.append("--overwrite")
-    elif spec.run_dir.exists():
+    elif run_dir.exists():
         argv.append("--overwrite")  # leftovers of a run stopped before its first checkpoint
-    print(f"[{'resume' if action == RESUME else 'train'}] {spec.run_dir}", flush=True)
-    setup.launch(spec.script, argv, setup.log(spec, "train"))
-    recorded = load_checkpoint(spec.run_dir / LAST_CHECKPOINT).get("identity") or {}
+    print(f"[{'resume' if action == RESUME else 'train'}] {run_dir}", flush=True)
+    launch(cli.KIND_SCRIPTS[kind], argv, log)
+    recorded = load_checkpoint(run_dir / LAST_CHECKPOINT).get("identity") or {}
     if recorded.get("fingerprint") != wanted["fingerprint"]:
         # The runner and the engine resolved the run differently: it would be retrained by every
         # later invocation, so say so (and what differs) instead of silently wasting hours.
-        print(f"warning: {spec.run_dir} recorded another identity than the runner computed "
+        print(f"warning: {run_dir} recorded another identity than the runner computed "
               f"({'; '.join(differences(recorded, wanted)) or 'no identity recorded'}); it will "
               "not be reused")
 
