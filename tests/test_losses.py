@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from training.losses import edge_aware_smoothness, get_criterion, l1_silog, masked_l1, silog
+from training.losses import (CRITERIA, edge_aware_smoothness, get_criterion, l1_silog, masked_l1,
+                             masked_l2, silog)
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -15,15 +16,16 @@ def _pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return pred, target, target > 0
 
 
-def test_masked_l1_ignores_holes() -> None:
+def test_masked_l1_and_l2_ignore_holes() -> None:
     pred, target, valid = _pair()
     assert masked_l1(pred, target, valid).item() == pytest.approx((0 + 3 + 2) / 3)
+    assert masked_l2(pred, target, valid).item() == pytest.approx((0 + 9 + 4) / 3)
 
 
 def test_empty_mask_gives_zero_loss_and_zero_gradient() -> None:
     pred = torch.rand(1, 1, 2, 2, requires_grad=True)
     target = torch.zeros(1, 1, 2, 2)
-    for name in ("l1", "silog", "l1_silog"):
+    for name in CRITERIA:
         loss = get_criterion(name)(pred, target, target > 0)
         loss.backward()
         assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred)), name

@@ -30,6 +30,12 @@ def masked_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> 
     return _masked_mean((pred - target).abs(), valid)
 
 
+def masked_l2(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over valid pixels: the mean, not the median, of what the input leaves
+    uncertain is the prediction it rewards, as the RMSE metric does."""
+    return _masked_mean((pred - target).pow(2), valid)
+
+
 def silog(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -55,11 +61,17 @@ def l1_silog(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> t
     return masked_l1(pred, target, valid) + silog(pred, target, valid)
 
 
-CRITERIA: Dict[str, Criterion] = {"l1": masked_l1, "silog": silog, "l1_silog": l1_silog}
+def l1_l2(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_l1` + :func:`masked_l2`, unweighted."""
+    return masked_l1(pred, target, valid) + masked_l2(pred, target, valid)
+
+
+CRITERIA: Dict[str, Criterion] = {"l1": masked_l1, "l2": masked_l2, "l1_l2": l1_l2,
+                                  "silog": silog, "l1_silog": l1_silog}
 
 
 def get_criterion(name: str) -> Criterion:
-    """The criterion registered as ``name`` (``l1``, ``silog``, ``l1_silog``)."""
+    """The criterion registered as ``name`` (``l1``, ``l2``, ``l1_l2``, ``silog``, ``l1_silog``)."""
     if name not in CRITERIA:
         raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(CRITERIA)}")
     return CRITERIA[name]
