@@ -27,7 +27,7 @@ from PIL import Image
 from scipy.io import wavfile
 from torch.utils.data import Dataset
 
-from datasets.cache import SCALED_UINT8, SampleCache, open_or_build
+from datasets.cache import SCALED_UINT8, SampleCache, StoredForm, open_or_build
 from datasets.errors import DataError
 from datasets.recipes import AUDIO_MODES, SAMPLE_RATE, Recipe, get_recipe, rgb_tensor
 from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
@@ -35,6 +35,21 @@ from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
 PathLike = Union[str, "os.PathLike[str]"]
 SplitCsv = Tuple[Path, bytes]   # a split CSV and its bytes, as read
 INT32_FULL_SCALE = 2.0 ** 31
+
+
+def cache_forms(audio: str, recipe: Recipe) -> Dict[str, StoredForm]:
+    """The stored forms a reader asks its cache for beyond the defaults (:mod:`datasets.cache`).
+
+    Log-scaled spectrograms keep their precision in 8 bits; linear magnitudes (the official
+    recipe) and waveforms take the default forms.
+
+    Args:
+        audio: one of :data:`datasets.recipes.AUDIO_MODES`.
+        recipe: the preprocessing recipe.
+    """
+    if audio != "waveform" and recipe.magnitude_scale is not None:
+        return {AUDIO: SCALED_UINT8}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -328,12 +343,9 @@ class _BatvisionDataset(Dataset):
                 "use_rgb": use_rgb, "max_depth": self.max_depth, "recipe": self.recipe.params(),
                 "data_fingerprint": self.data_fingerprint,
             }
-            # Log-scaled spectrograms keep their precision in 8 bits (datasets.cache); linear
-            # magnitudes and waveforms take the default forms.
-            log_spectrogram = audio != "waveform" and self.recipe.magnitude_scale is not None
             self._cache = open_or_build(
                 cache_dir, f"{self.format}-{split}", params, len(self.records), self.load_sample,
-                forms={AUDIO: SCALED_UINT8} if log_spectrogram else None)
+                forms=cache_forms(audio, self.recipe))
 
     def _scan(self, locations: Optional[Iterable[str]]) -> Tuple[List[Record], List[SplitCsv]]:
         """The split's records (kept locations only) and the CSVs they were read from."""

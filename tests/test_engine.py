@@ -20,6 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import evaluate
 import train_binaural_attention
 import train_rgb_depth
+from datasets.cache import CACHE_FORMAT_VERSION
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from models import build_model
 from training import cli, losses
@@ -251,6 +252,14 @@ def test_resume_refuses_other_data_settings_and_non_finite_checkpoints(
                              "--mirror_augment"])
     assert message == (f"error: {last}: cannot resume: --mirror_augment: False -> True (start a "
                        "new run or use --overwrite)")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    # The cache's 8-bit spectrograms are other inputs than the files' float32 ones.
+    message = _stop_message(["--resume", str(run), "--nb_epochs", "2", "--num_workers", "0",
+                             "--cache_dir", str(tmp_path / "cache")])
+    assert message == (f"error: {last}: cannot resume: inputs: read from the files -> cache "
+                       f"format {CACHE_FORMAT_VERSION} (audio scaled-uint8) (start a new run or "
+                       "use --overwrite)")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
     saved["model_state"]["head.conv.bias"] = saved["model_state"]["head.conv.bias"] * float("nan")

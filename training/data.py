@@ -29,14 +29,16 @@ import json
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sized
+from typing import Any, Dict, Iterator, List, Optional, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
-from datasets.batvision import check_labels, spread_indices
+from datasets.batvision import cache_forms, check_labels, spread_indices
+from datasets.cache import CACHE_FORMAT_VERSION
+from datasets.recipes import get_recipe
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first, uses_cuda
 from training.errors import UsageError
@@ -186,6 +188,7 @@ class Data:
         max_depth: metres, the depth range of the data (the model's output range).
         data_fingerprint: sha256 hex of the train and val splits' fingerprints
             (:func:`combine_fingerprints`); :func:`resolve_data` gives the same without loaders.
+        storage: :func:`input_storage` of the run's arguments.
     """
 
     train_loader: DataLoader
@@ -194,11 +197,28 @@ class Data:
     val_dataset: Dataset
     max_depth: float
     data_fingerprint: str
+    storage: Optional[Dict[str, Any]]
 
 
 def combine_fingerprints(train: str, val: str) -> str:
     """sha256 hex of a run's data: its train and val splits' ``data_fingerprint``."""
     return sha256(f"train {train}\nval {val}\n".encode()).hexdigest()
+
+
+def input_storage(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """How a run's samples reach the model when that is not straight from the files: ``None``
+    without ``--cache_dir``, else the cache's format version and the forms the readers ask it for
+    (:func:`datasets.batvision.cache_forms`). An 8-bit spectrogram is not the file's float32, so
+    this belongs to the run's identity: a run never resumes on, or stands in for, other inputs.
+
+    Args:
+        args: parsed data flags (``cache_dir``, ``recipe``, ``audio_format`` for audio models).
+    """
+    if not args.cache_dir:
+        return None
+    forms = cache_forms(getattr(args, "audio_format", "spectrogram"), get_recipe(args.recipe))
+    return {"cache_format": CACHE_FORMAT_VERSION,
+            "forms": {key: form.name for key, form in sorted(forms.items())}}
 
 
 def split_fingerprint(args: argparse.Namespace, root: Path, split: str) -> str:
@@ -291,6 +311,7 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
         val_dataset=val_set, max_depth=float(train_set.max_depth),
         data_fingerprint=combine_fingerprints(train_set.data_fingerprint,
                                               val_set.data_fingerprint),
+        storage=input_storage(args),
     )
 
 

@@ -407,7 +407,7 @@ class Trainer:
         configure_cuda_kernels(self.device, self.args.deterministic)
         self.identity = run_identity(vars(self.args), run.flag_groups, run.kind,
                                      task.model.model_name, data.data_fingerprint,
-                                     task.teacher_fingerprint)
+                                     task.teacher_fingerprint, data.storage)
         if run.checkpoint is not None and "identity" in run.checkpoint:
             differences = resume_differences(run.checkpoint["identity"], self.identity)
             if differences:

@@ -49,7 +49,7 @@ from training.checkpoint import (
     load_checkpoint, load_model,
 )
 from training.data import (
-    REPO_ROOT, build_dataset, resolve_data, resolve_data_root, split_fingerprint,
+    REPO_ROOT, build_dataset, input_storage, resolve_data, resolve_data_root, split_fingerprint,
 )
 from training.device import DistContext, resolve_device
 from training.errors import TrainingError, UsageError
@@ -431,7 +431,7 @@ def identity_of(kind: str, argv: Sequence[str]) -> Dict[str, Any]:
     teacher = (checkpoint_fingerprint(load_checkpoint(args.teacher_checkpoint))
                if kind == "kd" else None)
     return run_identity(vars(args), cli.flag_groups(parser), kind, cli.model_name_of(args),
-                        data_fingerprint, teacher)
+                        data_fingerprint, teacher, input_storage(args))
 
 
 NEW, REUSE, RESUME, RETRAIN = "new", "reuse", "resume", "retrain"

@@ -9,6 +9,8 @@ A run's identity is recorded in its ``config.json`` and in every checkpoint it w
      "data": fingerprint of the training and validation splits (split CSVs, each referenced
              file's size and mtime),
      "teacher": fingerprint of the distillation teacher's checkpoint, or None,
+     "storage": how the samples were stored on their way to the model (a cache's format and
+                stored forms; ``training.data.input_storage``), absent when read from the files,
      "fingerprint": sha256 of all the above}
 
 Two runs with the same fingerprint were trained from the same data with the same settings, so
@@ -44,7 +46,8 @@ def digest(value: Any) -> str:
 
 def run_identity(args: Mapping[str, Any], flag_groups: Mapping[str, Sequence[str]], kind: str,
                  model_name: str, data_fingerprint: str,
-                 teacher_fingerprint: Optional[str] = None) -> Dict[str, Any]:
+                 teacher_fingerprint: Optional[str] = None,
+                 storage: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The identity of a run (see the module docstring).
 
     Args:
@@ -55,6 +58,7 @@ def run_identity(args: Mapping[str, Any], flag_groups: Mapping[str, Sequence[str
         model_name: the trained model's name.
         data_fingerprint: of the training and validation splits.
         teacher_fingerprint: :func:`checkpoint_fingerprint` of the teacher (distillation only).
+        storage: ``None`` when the samples are read from the files, else how a cache stores them.
 
     Returns:
         The identity dict, ``fingerprint`` included.
@@ -70,6 +74,8 @@ def run_identity(args: Mapping[str, Any], flag_groups: Mapping[str, Sequence[str
         "kind": kind, "model": model_name, "settings": json.loads(json.dumps(settings)),
         "data": data_fingerprint, "teacher": teacher_fingerprint,
     }
+    if storage is not None:  # absent, not None: a run read from the files keeps its identity
+        identity["storage"] = json.loads(json.dumps(storage))
     identity["fingerprint"] = digest(identity)
     return identity
 
@@ -102,10 +108,20 @@ def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any],
                              f"{new.get(flag, '<unset>')!r}")
     if (groups is None or "data" in groups) and saved.get("data") != wanted.get("data"):
         found.append("data files changed (split CSVs or the size/mtime of a referenced file)")
+    if (groups is None or "data" in groups) and saved.get("storage") != wanted.get("storage"):
+        found.append(f"inputs: {_storage_text(saved)} -> {_storage_text(wanted)}")
     if ((groups is None or "distillation" in groups)
             and saved.get("teacher") != wanted.get("teacher")):
         found.append("teacher checkpoint changed")
     return found
+
+
+def _storage_text(identity: Mapping[str, Any]) -> str:
+    storage = identity.get("storage")
+    if storage is None:
+        return "read from the files"
+    forms = ", ".join(f"{key} {form}" for key, form in sorted(storage["forms"].items()))
+    return f"cache format {storage['cache_format']}" + (f" ({forms})" if forms else "")
 
 
 def resume_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> List[str]:
