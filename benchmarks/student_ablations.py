@@ -14,9 +14,10 @@ Rows, in two groups:
 
 * ``history``: how ``configs/synthetic/student.yaml`` was chosen, each row building on an earlier
   one (plain -> recipe -> query / ild -> ild_ema), beside the official U-Net;
-* ``levers``: one change at a time against ``student.yaml`` (attention at levels 3-5, L1 plus a
-  scale-invariant log term, learning rate 2e-3, width 12), and distillation against
-  ``kd.yaml`` from the teacher of ``teacher.yaml`` (seed 0, shared by every seed's student).
+* ``levers``: one change at a time against ``student.yaml`` (attention at levels 3-5, the loss:
+  L2, L1 + L2, L1 plus a scale-invariant log term; learning rate 2e-3, width 12), and
+  distillation against ``kd.yaml`` from the teacher of ``teacher.yaml`` (seed 0, shared by every
+  seed's student).
 
 Screening, not the benchmark: validation split, 64x64 by default, few epochs. The benchmark of
 the chosen recipe is ``run_experiments.py --preset standard`` (128x128, 20 epochs, test split).
