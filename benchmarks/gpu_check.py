@@ -8,7 +8,9 @@ over NCCL, and every training script under torchrun followed by evaluate.py.
 Sections, each printed as it finishes and written to ``--out`` (JSON) after each item:
 
 1. training: samples/s and peak memory of the teacher and the student at 256x256, batch 64,
-   base 64 (the full preset's models) under bf16 autocast, and fp16 autocast with the gradient
+   base 64, the student attending levels 3-5 (configs/batvisionv2; ``--student_base_channels``
+   and ``--student_attention_levels`` measure a cheaper student beside the same teacher) under
+   bf16 autocast, and fp16 autocast with the gradient
    scaler, with and without channels_last and torch.compile. A step is the engine's: DepthTask
    loss, AdamW, GradScaler. samples/s = batch x timed steps / their wall time, after warm-up
    steps (the first of which compiles); peak memory = ``torch.cuda.max_memory_allocated``.
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +59,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from benchmarks.model_cost import AMP_DTYPES, MODELS  # noqa: E402
 from datasets.sample import DEPTH, VALID  # noqa: E402
 from models import build_model  # noqa: E402
+from training import cli  # noqa: E402
 from training.checkpoint import write_json  # noqa: E402
 from training.data import MODEL_INPUTS  # noqa: E402
 from training.device import resolve_device  # noqa: E402
@@ -88,9 +91,12 @@ class Sizes:
     Attributes:
         image_size: input side in pixels.
         batch_size: samples per step.
-        base_channels: U-Net width of both models.
+        base_channels: U-Net width of the teacher, and of the student unless
+            ``student_base_channels`` says otherwise.
         warmup: untimed steps first (the first compiles).
         steps: timed steps.
+        student_base_channels: the student's width, ``None``: ``base_channels``.
+        attention_levels: the student's attended encoder levels.
     """
 
     image_size: int
@@ -98,6 +104,12 @@ class Sizes:
     base_channels: int
     warmup: int
     steps: int
+    student_base_channels: Optional[int] = None
+    attention_levels: Tuple[int, ...] = (3, 4, 5)
+
+    @property
+    def student_width(self) -> int:
+        return self.student_base_channels or self.base_channels
 
 
 GPU_SIZES = Sizes(image_size=256, batch_size=64, base_channels=64, warmup=3, steps=10)
@@ -119,6 +131,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "(with and without), without (leave them out), only (just them)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run, e.g. to split the check around other work")
+    parser.add_argument("--student_base_channels", type=cli.positive_int, default=None,
+                        help="the student's width (default: the teacher's, 64; dry mode 4)")
+    parser.add_argument("--student_attention_levels", type=cli.attention_levels,
+                        default=[3, 4, 5],
+                        help="the student's attended encoder levels, comma-separated (default: "
+                             "those of configs/batvisionv2/student.yaml)")
     return parser.parse_args(argv)
 
 
@@ -143,8 +161,12 @@ def build_task(model_key: str, sizes: Sizes, device: torch.device, channels_last
                compile_backend: Optional[str]) -> DepthTask:
     """The model (optionally channels_last, optionally compiled) inside the engine's DepthTask."""
     name, _, extra = MODELS[model_key]
+    kwargs: Dict[str, Any] = {"base_channels": sizes.base_channels, **extra}
+    if name == "binaural_attention":
+        kwargs.update(base_channels=sizes.student_width,
+                      attention_levels=list(sizes.attention_levels))
     torch.manual_seed(0)
-    model = build_model(name, base_channels=sizes.base_channels, **extra).to(device)
+    model = build_model(name, **kwargs).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     max_depth = model.config["max_depth"]
@@ -234,8 +256,14 @@ def failure(error: BaseException) -> str:
     return f"error: {type(error).__name__}: {message}"[:300]
 
 
-def goal_verdict(rows: List[Dict[str, Any]], dry: bool) -> Dict[str, Any]:
+def goal_verdict(rows: List[Dict[str, Any]], dry: bool,
+                 sizes: Sizes = GPU_SIZES) -> Dict[str, Any]:
     """The issue's goal: the student's best bf16 training samples/s >= ``GOAL_SAMPLES_PER_S``.
+
+    Args:
+        rows: the training rows.
+        dry: dry mode (nothing is measured).
+        sizes: the student measured (named in the goal, since its width may be narrower).
 
     Returns:
         ``{"goal", "samples_per_s", "verdict"}``, verdict "met", "not met" or "not measured"
@@ -243,8 +271,10 @@ def goal_verdict(rows: List[Dict[str, Any]], dry: bool) -> Dict[str, Any]:
     """
     figures = [r["samples_per_s"] for r in rows if r["model"] == "student"
                and r["mode"] == "train" and r["precision"] == "bf16" and r["status"] == "ok"]
-    goal = f"student, {GPU_SIZES.image_size}x{GPU_SIZES.image_size}, batch " \
-           f"{GPU_SIZES.batch_size}, bf16 >= {GOAL_SAMPLES_PER_S:.0f} samples/s"
+    goal = f"student (base {sizes.student_width}, attention " \
+           f"{','.join(map(str, sizes.attention_levels))}), {GPU_SIZES.image_size}x" \
+           f"{GPU_SIZES.image_size}, batch {GPU_SIZES.batch_size}, bf16 >= " \
+           f"{GOAL_SAMPLES_PER_S:.0f} samples/s"
     if dry or not figures:
         return {"goal": goal, "samples_per_s": None, "verdict": "not measured"}
     best = max(figures)
@@ -381,7 +411,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     device = resolve_device(args.device)
     dry = device.type != "cuda"
-    sizes = DRY_SIZES if dry else GPU_SIZES
+    sizes = replace(DRY_SIZES if dry else GPU_SIZES,
+                    student_base_channels=args.student_base_channels,
+                    attention_levels=tuple(args.student_attention_levels))
     compile_backend = "eager" if dry else "inductor"
     out = Path(args.out or REPO / "results" / ("gpu_check_dry.json" if dry else "gpu_check.json"))
     if not dry:
@@ -403,7 +435,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     print(f"gpu_check on {report['machine']['name']} ({report['mode']}): "
           f"{sizes.image_size}x{sizes.image_size}, batch {sizes.batch_size}, base "
-          f"{sizes.base_channels}; {sizes.steps} timed steps after {sizes.warmup}", flush=True)
+          f"{sizes.base_channels} (student base {sizes.student_width}, attention "
+          f"{','.join(map(str, sizes.attention_levels))}); {sizes.steps} timed steps after "
+          f"{sizes.warmup}", flush=True)
     print(f"{'mode':<5} {'model':<8} {'amp':<5} {'layout':<22} {'samples/s':>9} {'peak GiB':>8}",
           flush=True)
     variants = [v for v in VARIANTS if {"both": True, "without": not v[2],
@@ -419,7 +453,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 print(format_row(row), flush=True)
                 save()
     run_ddp_and_scripts(report, sizes, device, save, args.sections)
-    report["goal"] = goal_verdict(report["training"], dry)
+    report["goal"] = goal_verdict(report["training"], dry, sizes)
     save()
     goal = report["goal"]
     figure = f" ({goal['samples_per_s']:.0f} samples/s)" if goal["samples_per_s"] else ""

@@ -3,6 +3,7 @@ section's code path at tiny sizes)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict
 
@@ -85,3 +86,17 @@ def test_compile_only_and_one_section_measure_just_the_compiled_training_variant
         (precision, layout) for precision, layout, compiled in gpu_check.VARIANTS if compiled]
     assert all(r["compile"] and r["status"] == "ok" for r in report["training"])
     assert report["evaluation"] == [] and report["ddp"] is None and report["scripts"] == []
+
+
+def test_the_student_measured_is_the_recipe_s_or_the_one_asked_for() -> None:
+    cpu = torch.device("cpu")
+    recipe = gpu_check.build_task("student", gpu_check.DRY_SIZES, cpu, False, None).model
+    assert recipe.config["attention_levels"] == [3, 4, 5]
+    assert recipe.config["base_channels"] == gpu_check.DRY_SIZES.base_channels
+    cheaper = replace(gpu_check.DRY_SIZES, student_base_channels=8, attention_levels=(4, 5))
+    student = gpu_check.build_task("student", cheaper, cpu, False, None).model
+    teacher = gpu_check.build_task("teacher", cheaper, cpu, False, None).model
+    assert student.config["base_channels"] == 8 and student.config["attention_levels"] == [4, 5]
+    assert teacher.config["base_channels"] == gpu_check.DRY_SIZES.base_channels
+    assert gpu_check.goal_verdict([], dry=True, sizes=cheaper)["goal"].startswith(
+        "student (base 8, attention 4,5), 256x256, batch 64, bf16")
