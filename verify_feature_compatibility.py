@@ -60,8 +60,9 @@ def compare_features(
     """Forward both models on meta tensors and compare their feature shapes level by level.
 
     Args:
-        teacher: RGB model (3 input channels), built on the meta device.
-        student: binaural model (2 input channels), built on the meta device.
+        teacher: RGB model (``teacher.in_channels``), built on the meta device.
+        student: binaural model (``student.in_channels``: 2, or 4 with the phase difference),
+            built on the meta device.
         image_size: square input side, pixels.
 
     Returns:
@@ -69,10 +70,12 @@ def compare_features(
         a model lacks the level), ``teacher_params``, ``student_params``, ``match`` (bool) and
         ``reason`` (one line; empty when everything matches).
     """
-    _, teacher_features = teacher(torch.empty(1, 3, image_size, image_size, device="meta"),
-                                  return_features=True)
-    _, student_features = student(torch.empty(1, 2, image_size, image_size, device="meta"),
-                                  return_features=True)
+    _, teacher_features = teacher(
+        torch.empty(1, teacher.in_channels, image_size, image_size, device="meta"),
+        return_features=True)
+    _, student_features = student(
+        torch.empty(1, student.in_channels, image_size, image_size, device="meta"),
+        return_features=True)
     levels = []
     for key in FEATURE_KEYS:
         shapes = [list(features[key].shape) if key in features else None

@@ -14,10 +14,10 @@ Rows, in two groups:
 
 * ``history``: how ``configs/synthetic/student.yaml`` was chosen, each row building on an earlier
   one (plain -> recipe -> query / ild -> ild_ema), beside the official U-Net;
-* ``levers``: one change at a time against ``student.yaml`` (attention at levels 3-5, the loss:
-  L2, L1 + L2, L1 plus a scale-invariant log term; learning rate 2e-3, width 12), and
-  distillation against ``kd.yaml`` from the teacher of ``teacher.yaml`` (seed 0, shared by every
-  seed's student).
+* ``levers``: one change at a time against ``student.yaml`` (attention at levels 3-5, the
+  interaural phase difference as an input, the loss: L2, L1 + L2, L1 plus a scale-invariant log
+  term; learning rate 2e-3, width 12), and distillation against ``kd.yaml`` from the teacher of
+  ``teacher.yaml`` (seed 0, shared by every seed's student).
 
 Screening, not the benchmark: validation split, 64x64 by default, few epochs. The benchmark of
 the chosen recipe is ``run_experiments.py --preset standard`` (128x128, 20 epochs, test split).
@@ -97,6 +97,9 @@ ROWS: Tuple[Row, ...] = (
         "student.yaml, attention at levels 3,4,5"),
     Row("l1_silog", "levers", "student", _config("student") + ("--criterion", "l1_silog"),
         "student.yaml, L1 + scale-invariant log loss"),
+    Row("ipd", "levers", "student", _config("student") + (
+        "--audio_format", "spectrogram_ipd", "--input_features", "ild_ipd"),
+        "student.yaml + interaural phase difference (cos, sin) input"),
     Row("l2", "levers", "student", _config("student") + ("--criterion", "l2"),
         "student.yaml, L2 loss (the mean, as RMSE scores, not the median)"),
     Row("l1_l2", "levers", "student", _config("student") + ("--criterion", "l1_l2"),

@@ -41,13 +41,13 @@ def cache_forms(audio: str, recipe: Recipe) -> Dict[str, StoredForm]:
     """The stored forms a reader asks its cache for beyond the defaults (:mod:`datasets.cache`).
 
     Log-scaled spectrograms keep their precision in 8 bits; linear magnitudes (the official
-    recipe) and waveforms take the default forms.
+    recipe), waveforms and spectrograms with phase channels (signed) take the default forms.
 
     Args:
         audio: one of :data:`datasets.recipes.AUDIO_MODES`.
         recipe: the preprocessing recipe.
     """
-    if audio != "waveform" and recipe.magnitude_scale is not None:
+    if audio in ("spectrogram", "mel") and recipe.magnitude_scale is not None:
         return {AUDIO: SCALED_UINT8}
     return {}
 

@@ -25,9 +25,11 @@ A recipe is a frozen dataclass holding every parameter that shapes the tensors, 
     * depth resized by nearest neighbour (``nearest-exact``): a hole stays a hole and no depth
       value is invented by blending a wall with a hole; +inf is invalid, not max_depth.
 
-Audio modes: ``spectrogram`` (2, S, S); ``mel`` — an HTK mel filterbank applied to the same
-magnitude STFT, then the recipe's scaling and resize, (2, S, S); ``waveform`` (2, T) after the
-cut. The official code's mel path used hop 32 (torchaudio's default); here mel always shares the
+Audio modes: ``spectrogram`` (2, S, S); ``spectrogram_ipd`` (4, S, S) — the two ears'
+magnitudes as ``spectrogram``, then the interaural phase difference as its cosine and sine
+(:func:`phase_difference`), the timing cue a magnitude drops; ``mel`` — an HTK mel filterbank
+applied to the same magnitude STFT, then the recipe's scaling and resize, (2, S, S); ``waveform``
+(2, T) after the cut. The official code's mel path used hop 32 (torchaudio's default); here mel always shares the
 recipe's STFT.
 """
 from __future__ import annotations
@@ -41,7 +43,10 @@ import torch
 import torch.nn.functional as F
 
 SAMPLE_RATE = 44_100
-AUDIO_MODES = ("spectrogram", "mel", "waveform")
+AUDIO_MODES = ("spectrogram", "spectrogram_ipd", "mel", "waveform")
+# Cross-spectrum power |L·R*| (linear magnitude², the recordings' scale) under which the phase
+# difference fades to 0: below the default recipe's magnitude floor (1e-3) a phase is noise.
+PHASE_FLOOR = 1e-6
 FORMATS = ("v1", "v2")
 
 
@@ -124,7 +129,8 @@ class Recipe:
 
         Returns:
             float32 (2, S, S) for ``spectrogram``/``mel`` (linear or log1p-scaled magnitude, see
-            ``magnitude_scale``), float32 (2, T') for ``waveform``.
+            ``magnitude_scale``), (4, S, S) for ``spectrogram_ipd`` (those two channels, then
+            :func:`phase_difference`), float32 (2, T') for ``waveform``.
         """
         if mode not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {mode!r}; expected one of {AUDIO_MODES}")
@@ -132,21 +138,24 @@ class Recipe:
         wave = torch.from_numpy(np.ascontiguousarray(waveform[:, :cut], dtype=np.float32))
         if mode == "waveform":
             return wave
-        spec = self.magnitude_stft(wave)
+        stft = self.stft(wave)
+        spec = stft.abs()
         if mode == "mel":
             bank = torch.from_numpy(mel_filterbank(
                 self.n_fft // 2 + 1, self.n_mels, self.f_min, self.f_max, SAMPLE_RATE))
             spec = torch.einsum("mf,cft->cmt", bank, spec)
         if self.magnitude_scale is not None:
             spec = torch.log1p(spec / self.magnitude_scale)
+        if mode == "spectrogram_ipd":
+            spec = torch.cat([spec, phase_difference(stft)])
         return resize(spec, image_size, "bilinear", antialias=self.spectrogram_antialias)
 
-    def magnitude_stft(self, wave: torch.Tensor) -> torch.Tensor:
-        """(2, T) float32 waveform → (2, n_fft // 2 + 1, 1 + T // hop) linear STFT magnitude."""
+    def stft(self, wave: torch.Tensor) -> torch.Tensor:
+        """(2, T) float32 waveform → (2, n_fft // 2 + 1, 1 + T // hop) complex STFT."""
         return torch.stft(
             wave, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
             window=torch.hann_window(self.win_length), center=True, pad_mode="reflect",
-            return_complex=True).abs()
+            return_complex=True)
 
     def depth(self, depth_mm: np.ndarray, image_size: int,
               max_depth: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +177,32 @@ class Recipe:
         depth = resize(torch.from_numpy(metres)[None], image_size, self.depth_resize,
                        antialias=False)
         return depth, depth > 0
+
+
+def phase_difference(stft: torch.Tensor) -> torch.Tensor:
+    """Interaural phase difference of a (2, F, T) complex STFT (left ear first), as (2, F, T)
+    float32 ``(cos, sin)`` of the phase of ``L · conj(R)``, scaled by ``p / (p + PHASE_FLOOR)``
+    with ``p = |L · conj(R)|``: where either ear is silent the phase is noise and fades to 0.
+
+    Swapping the ears conjugates ``L · conj(R)``: the cosine stays, the sine changes sign
+    (:func:`swap_ears`).
+    """
+    cross = stft[0] * stft[1].conj()
+    power = cross.abs()
+    unit = cross / (power + PHASE_FLOOR)
+    return torch.stack([unit.real, unit.imag]).float()
+
+
+def swap_ears(audio: torch.Tensor) -> torch.Tensor:
+    """The same recording heard with the ears swapped: a batch (B, C, ...) of any audio mode.
+
+    Channels 0 and 1 (the ears) trade places; with ``spectrogram_ipd``'s phase channels
+    (C = 4), the cosine stays and the sine changes sign (:func:`phase_difference`).
+    """
+    ears = audio[:, [1, 0]]
+    if audio.shape[1] == 2:
+        return ears
+    return torch.cat([ears, audio[:, 2:3], -audio[:, 3:4]], dim=1)
 
 
 def resize(image: torch.Tensor, size: int, mode: str, antialias: bool) -> torch.Tensor:

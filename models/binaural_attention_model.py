@@ -26,6 +26,11 @@ Options, each off by default so old configs rebuild the same network:
   The difference of the input channels is a level ratio for log-magnitude recipes (the default
   recipe's ``log1p``), a plain difference for linear ones. Derived inside the model, so swapping
   the ears (the mirror augmentation) swaps the encoders' inputs, sign of the difference included.
+* ``input_features="ild_ipd"``: input ``(B, 4, F, T)``, the ``spectrogram_ipd`` audio mode (two
+  magnitudes, then the cosine and sine of the interaural phase difference, see
+  :func:`datasets.recipes.phase_difference`); encoder inputs ``(left, left − right, cos, sin)``
+  and ``(right, right − left, cos, −sin)``: each ear sees the phase of the other relative to
+  itself, so swapping the ears (which negates the sine) again swaps the encoders' inputs.
 * ``head_init_depth``: the depth head starts there (:class:`models.blocks.DepthHead`).
 """
 from __future__ import annotations
@@ -42,7 +47,9 @@ from models.rgb_depth_model import DEFAULT_MAX_DEPTH
 
 DEFAULT_ATTENTION_LEVELS: Tuple[int, ...] = (2, 3, 4, 5)
 DECODERS: Tuple[str, ...] = ("unet", "query")
-INPUT_FEATURES: Tuple[str, ...] = ("magnitude", "ild")
+INPUT_FEATURES: Tuple[str, ...] = ("magnitude", "ild", "ild_ipd")
+# Input channels (B, C, F, T) and each ear encoder's channels, per input_features.
+INPUT_CHANNELS = {"magnitude": (2, 1), "ild": (2, 2), "ild_ipd": (4, 4)}
 
 
 def _ear_fusion(channels: int) -> nn.Module:
@@ -69,8 +76,9 @@ class BinauralAttentionModel(nn.Module):
             globally, larger ones along time per frequency band.
         decoder: ``"unet"`` (the teacher's decoder, skips from the fused levels) or ``"query"``
             (image-grid queries, :class:`models.query_decoder.ImageQueryDecoder`).
-        input_features: ``"magnitude"`` (each encoder sees its ear) or ``"ild"`` (its ear and
-            the level difference, own minus other).
+        input_features: ``"magnitude"`` (each encoder sees its ear), ``"ild"`` (its ear and
+            the level difference, own minus other) or ``"ild_ipd"`` (those and the phase
+            difference; a (B, 4, F, T) input).
         head_init_depth: ``None``, or metres in (0, max_depth) where the depth head starts.
 
     Raises:
@@ -108,8 +116,8 @@ class BinauralAttentionModel(nn.Module):
             global_token_limit=global_token_limit, decoder=decoder, input_features=input_features,
             head_init_depth=None if head_init_depth is None else float(head_init_depth),
         )
-        self.with_ild = input_features == "ild"
-        ear_channels = 2 if self.with_ild else 1
+        self.input_features = input_features
+        self.in_channels, ear_channels = INPUT_CHANNELS[input_features]
         self.left_encoder = UNetEncoder(ear_channels, base_channels, bilinear)
         self.right_encoder = UNetEncoder(ear_channels, base_channels, bilinear)
         widths = dict(zip(ENCODER_KEYS, self.left_encoder.channels))
@@ -131,7 +139,8 @@ class BinauralAttentionModel(nn.Module):
         """Predict depth.
 
         Args:
-            x: (B, 2, F, T) spectrogram, left ear first; F and T divisible by 16.
+            x: (B, 2, F, T) spectrogram, left ear first (``ild_ipd``: (B, 4, F, T), the phase
+                difference's cosine and sine after the ears); F and T divisible by 16.
             return_features: also return the feature maps.
 
         Returns:
@@ -142,10 +151,13 @@ class BinauralAttentionModel(nn.Module):
         Raises:
             ValueError: wrong input shape (see :func:`models.blocks.check_input`).
         """
-        check_input(x, 2)
-        left, right = x[:, :1], x[:, 1:]
-        if self.with_ild:
+        check_input(x, self.in_channels)
+        left, right = x[:, :1], x[:, 1:2]
+        if self.input_features != "magnitude":
             left, right = torch.cat([left, left - right], dim=1), torch.cat([right, right - left], dim=1)
+        if self.input_features == "ild_ipd":
+            cos, sin = x[:, 2:3], x[:, 3:4]
+            left, right = torch.cat([left, cos, sin], dim=1), torch.cat([right, cos, -sin], dim=1)
         encoded = {}
         for key, left_stage, right_stage in zip(
             ENCODER_KEYS, self.left_encoder.stages, self.right_encoder.stages

@@ -53,6 +53,24 @@ def test_heads_must_divide_every_attended_width() -> None:
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv", [
+    ["--audio_format", "spectrogram_ipd"],
+    ["--input_features", "ild_ipd"],
+    ["--model", "official_unet", "--audio_format", "spectrogram_ipd"],
+])
+def test_the_phase_input_and_the_student_that_reads_it_go_together(
+        argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
+    parser = cli.build_parser("student", None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli._check_model_flags(parser, parser.parse_args(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("--audio_format spectrogram_ipd and the student's "
+                                      "--input_features ild_ipd go together") in err
+    cli._check_model_flags(parser, parser.parse_args(
+        ["--audio_format", "spectrogram_ipd", "--input_features", "ild_ipd"]))
+
+
 def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path: Path) -> None:
     config = tmp_path / "student.yaml"
     config.write_text("base_channels: 8\nattention_levels: [4, 5]\nmirror_augment: true\n"

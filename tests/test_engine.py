@@ -103,6 +103,20 @@ def test_stop_and_resume_equals_uninterrupted_run(data_root: Path, tmp_path: Pat
     assert [r["val"] for r in resumed["history"]] == [r["val"] for r in straight["history"]]
 
 
+def test_the_student_with_the_phase_difference_trains_from_the_cache_with_mirroring(
+        data_root: Path, tmp_path: Path) -> None:
+    train_binaural_attention.main(train_argv(
+        data_root, tmp_path, "ipd", "--nb_epochs", "1", "--attention_levels", "4,5",
+        "--audio_format", "spectrogram_ipd", "--input_features", "ild_ipd", "--mirror_augment",
+        "--cache_dir", str(tmp_path / "cache")))
+    saved = load_checkpoint(tmp_path / "ipd" / LAST_CHECKPOINT)
+    assert saved["model_config"]["input_features"] == "ild_ipd"
+    # The phase channels are signed: the cache keeps them in its default float16 form.
+    assert saved["identity"]["storage"]["forms"] == {}
+    metrics = json.loads((tmp_path / "ipd" / "metrics.json").read_text())
+    assert math.isfinite(metrics["history"][-1]["val"]["rmse"])
+
+
 def test_resume_with_another_model_is_refused_and_writes_nothing(
         data_root: Path, tmp_path: Path) -> None:
     train_rgb_depth.main(train_argv(data_root, tmp_path, "teacher", "--nb_epochs", "1"))

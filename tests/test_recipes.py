@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from scipy.io import wavfile
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset, get_recipe
-from datasets.recipes import DEFAULT, OFFICIAL, SAMPLE_RATE, mel_filterbank
+from datasets.recipes import (DEFAULT, OFFICIAL, SAMPLE_RATE, mel_filterbank, phase_difference,
+                              swap_ears)
 
 TOLERANCE = 1e-4
 
@@ -164,6 +165,29 @@ def test_waveform_mode_returns_the_cut_waveform():
     out = DEFAULT.audio(wave, "waveform", 64, max_depth=12.0, fmt="v2")
     assert out.dtype == torch.float32
     assert torch.equal(out, torch.from_numpy(wave[:, :3112]))
+
+
+def test_phase_channels_hold_the_interaural_delay_and_swap_with_the_ears():
+    delay = 5  # the right ear hears the tone 5 samples late
+    tone = np.sin(2 * np.pi * 5000.0 * np.arange(6000) / SAMPLE_RATE).astype(np.float32)
+    silence = np.zeros(6000, dtype=np.float32)
+    wave = np.stack([np.concatenate([tone, silence]), np.concatenate([np.roll(tone, delay),
+                                                                      silence])])
+    stft = DEFAULT.stft(torch.from_numpy(wave))
+    phase = phase_difference(stft)
+    tone_bin = round(5000.0 / SAMPLE_RATE * DEFAULT.n_fft)
+    lag = 2 * np.pi * 5000.0 * delay / SAMPLE_RATE  # angle of L·conj(R), by hand
+    np.testing.assert_allclose(phase[:, tone_bin, 100:200].mean(dim=1).numpy(),
+                               [np.cos(lag), np.sin(lag)], atol=1e-3)
+    assert phase[:, :, -20:].abs().max() < 1e-6  # both ears silent: no phase, not noise
+
+    audio = DEFAULT.audio(wave, "spectrogram_ipd", 32, max_depth=30.0, fmt="v2")
+    assert audio.shape == (4, 32, 32)
+    torch.testing.assert_close(audio[:2], DEFAULT.audio(wave, "spectrogram", 32, 30.0, "v2"))
+    swapped = DEFAULT.audio(wave[::-1].copy(), "spectrogram_ipd", 32, max_depth=30.0, fmt="v2")
+    torch.testing.assert_close(swap_ears(audio[None])[0], swapped, atol=1e-5, rtol=0)
+    two_ears = audio[None, :2]
+    assert torch.equal(swap_ears(two_ears), two_ears.flip(1))
 
 
 def test_mel_filterbank_is_htk_triangles():

@@ -7,6 +7,7 @@ from typing import Dict
 import pytest
 import torch
 
+from datasets.recipes import swap_ears
 from models import build_model
 from models.blocks import DepthHead, UNetDecoder, encoder_channels
 from models.query_decoder import ImageQueryDecoder
@@ -17,6 +18,7 @@ MAX_DEPTH = 15.0
 VARIANTS: Dict[str, Dict] = {
     "query": dict(decoder="query"),
     "ild": dict(input_features="ild"),
+    "ild_ipd": dict(input_features="ild_ipd"),
     "head_init": dict(head_init_depth=3.0),
     "all": dict(decoder="query", input_features="ild", head_init_depth=3.0),
 }
@@ -28,8 +30,13 @@ def make_student(seed: int = 0, **options) -> torch.nn.Module:
                        max_depth=MAX_DEPTH, **options)
 
 
-def spectrogram(size: int = 64, batch: int = 2, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, 2, size, size, generator=torch.Generator().manual_seed(seed))
+def spectrogram(size: int = 64, batch: int = 2, seed: int = 1, channels: int = 2) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def audio_for(student: torch.nn.Module, **kwargs) -> torch.Tensor:
+    """A random input with the channels the student reads (4 with the phase difference)."""
+    return spectrogram(channels=student.in_channels, **kwargs)
 
 
 def test_defaults_build_todays_student() -> None:
@@ -54,7 +61,7 @@ def test_feature_shapes_equal_the_teachers(variant: str, size: int) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_forward_backward_finite_and_every_parameter_learns(variant: str) -> None:
     student = make_student(**VARIANTS[variant])
-    depth, features = student(spectrogram(), return_features=True)
+    depth, features = student(audio_for(student), return_features=True)
     assert depth.shape == (2, 1, 64, 64) and torch.isfinite(depth).all()
     assert all(torch.isfinite(feature).all() for feature in features.values())
     depth.mean().backward()
@@ -115,6 +122,23 @@ def test_ild_encoders_see_their_ear_and_the_level_difference() -> None:
     assert seen["right"][0, :, 0, 0].tolist() == [1.0, -2.0]
 
 
+def test_ipd_encoders_see_the_phase_relative_to_their_own_ear_and_swap_with_the_ears() -> None:
+    student = make_student(input_features="ild_ipd").eval()
+    seen = {}
+    for side in ("left", "right"):
+        stage = getattr(student, f"{side}_encoder").stages[0]
+        stage.register_forward_pre_hook(lambda module, inputs, side=side: seen.update({side: inputs[0]}))
+    # left 3, right 1, cos 0.6, sin 0.8
+    x = torch.stack([torch.full((16, 16), v) for v in (3.0, 1.0, 0.6, 0.8)])[None]
+    student(x)
+    left, right = seen["left"][0, :, 0, 0], seen["right"][0, :, 0, 0]
+    torch.testing.assert_close(left, torch.tensor([3.0, 2.0, 0.6, 0.8]))
+    torch.testing.assert_close(right, torch.tensor([1.0, -2.0, 0.6, -0.8]))
+    student(swap_ears(x))  # the mirrored recording: the encoders trade inputs exactly
+    assert torch.equal(seen["left"], right[None, :, None, None].expand(1, 4, 16, 16))
+    assert torch.equal(seen["right"], left[None, :, None, None].expand(1, 4, 16, 16))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_config_round_trips_through_build_model(variant: str) -> None:
     student = make_student(**VARIANTS[variant]).eval()
@@ -122,7 +146,7 @@ def test_config_round_trips_through_build_model(variant: str) -> None:
     rebuilt = build_model(student.model_name, **config).eval()
     assert rebuilt.config == student.config
     rebuilt.load_state_dict(student.state_dict())  # strict: same parameters and buffers
-    x = spectrogram()
+    x = audio_for(student)
     torch.testing.assert_close(rebuilt(x), student(x))
 
 

@@ -29,7 +29,7 @@ import yaml
 
 from datasets.errors import DataError
 from models import official_num_downs
-from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS
+from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES
 from models.blocks import DECODER_KEYS, FEATURE_KEYS, SIZE_MULTIPLE, encoder_channels
 from training.checkpoint import (
     RUN_FILES, Checkpoint, atomic_write, check_model_name, load_checkpoint,
@@ -317,8 +317,11 @@ def feature_levels(text: str) -> List[str]:
 def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
     """The audio models' flags: input format, which model, and the student's own flags."""
     groups["data"].add_argument(
-        "--audio_format", choices=("spectrogram", "mel"), default="spectrogram",
-        help="audio input: STFT magnitude or mel bands, both (2, S, S)")
+        "--audio_format", choices=("spectrogram", "spectrogram_ipd", "mel"),
+        default="spectrogram",
+        help="audio input: STFT magnitude or mel bands, both (2, S, S); spectrogram_ipd: the "
+             "magnitude and the cosine and sine of the interaural phase difference, (4, S, S), "
+             "for the student's --input_features ild_ipd")
     model = groups["model"]
     if len(models) > 1:
         model.add_argument("--model", choices=tuple(models), default=models[0],
@@ -340,9 +343,11 @@ def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
                             "(spectrogram-grid) skips; query: image-grid queries that "
                             "cross-attend to the binaural tokens, so d1..d4 are image-grid "
                             "features")
-    model.add_argument("--input_features", choices=("magnitude", "ild"), default="magnitude",
+    model.add_argument("--input_features", choices=INPUT_FEATURES, default="magnitude",
                        help="student: what each ear encoder reads: its ear's spectrogram, or "
-                            "that plus the interaural level difference (left - right)")
+                            "that plus the interaural level difference (left - right), or both "
+                            "and the interaural phase difference (needs --audio_format "
+                            "spectrogram_ipd)")
     model.add_argument("--head_init_depth", type=head_init_depth, default=None,
                        help="student: start the depth head at this depth: metres, or 'median' "
                             "(the training split's median valid depth); None: the middle of "
@@ -431,6 +436,11 @@ def model_config(args: argparse.Namespace,
 
 def _check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-flag checks argparse cannot do flag by flag (one-line parser error, exit 2)."""
+    with_phase = getattr(args, "audio_format", None) == "spectrogram_ipd"
+    if with_phase != (getattr(args, "input_features", None) == "ild_ipd"
+                      and model_name_of(args) == "binaural_attention"):
+        parser.error("--audio_format spectrogram_ipd and the student's --input_features ild_ipd "
+                     "go together: the phase channels are read by that student only")
     if model_name_of(args) == "binaural_attention":
         widths = encoder_channels(args.base_channels)
         for level in args.attention_levels:

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
 from datasets.batvision import cache_forms, check_labels, spread_indices
 from datasets.cache import CACHE_FORMAT_VERSION
-from datasets.recipes import get_recipe
+from datasets.recipes import get_recipe, swap_ears
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first, uses_cuda
 from training.errors import UsageError
@@ -319,8 +319,8 @@ def mirror_batch(batch: Dict[str, Any], flip: torch.Tensor) -> Dict[str, Any]:
     """Mirror the chosen samples of a batch left–right, consistently across modalities.
 
     Depth, validity and RGB are flipped along their width; the audio's two ears are swapped
-    (channel 0 ↔ 1). A spectrogram's axes are frequency × time, so its time axis is *not*
-    flipped: swapping the ears is the whole mirror of a binaural recording.
+    (:func:`datasets.recipes.swap_ears`). A spectrogram's axes are frequency × time, so its time
+    axis is *not* flipped: swapping the ears is the whole mirror of a binaural recording.
 
     Args:
         batch: a collated sample dict on any device.
@@ -333,7 +333,7 @@ def mirror_batch(batch: Dict[str, Any], flip: torch.Tensor) -> Dict[str, Any]:
     for key in (DEPTH, VALID, RGB, AUDIO):
         if key in batch:
             x = batch[key]
-            flipped = x.flip(1) if key == AUDIO else x.flip(-1)
+            flipped = swap_ears(x) if key == AUDIO else x.flip(-1)
             mask = flip.to(x.device).view(-1, *([1] * (x.ndim - 1)))
             mirrored[key] = torch.where(mask, flipped, x)
     return mirrored
