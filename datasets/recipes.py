@@ -29,8 +29,8 @@ Audio modes: ``spectrogram`` (2, S, S); ``spectrogram_ipd`` (4, S, S) — the tw
 magnitudes as ``spectrogram``, then the interaural phase difference as its cosine and sine
 (:func:`phase_difference`), the timing cue a magnitude drops; ``mel`` — an HTK mel filterbank
 applied to the same magnitude STFT, then the recipe's scaling and resize, (2, S, S); ``waveform``
-(2, T) after the cut. The official code's mel path used hop 32 (torchaudio's default); here mel always shares the
-recipe's STFT.
+(2, T) after the cut. The official code's mel path used hop 32 (torchaudio's default); here mel
+always shares the recipe's STFT.
 """
 from __future__ import annotations
 
