@@ -4,7 +4,10 @@ The model is rebuilt from the checkpoint's saved name and config, and the data f
 arguments (dataset, recipe, image size, max depth, valid threshold), so the numbers are computed
 exactly as during validation: per image, pixels with gt > the run's --valid_threshold (unless
 given here), metres, mean over images; images without a valid pixel are skipped and counted.
-A checkpoint whose weights are not all finite is refused.
+A checkpoint whose weights are not all finite is refused. ``--ground_truth default`` scores on
+the default recipe's depth whatever recipe the run was trained on, so runs of different recipes
+(the official U-Net's and ours) are scored on the same pixels and values, as the experiment
+tables do.
 
     python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
     python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
@@ -23,6 +26,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from datasets.recipes import RECIPES
 from datasets.sample import META
 from training import cli
 from training.checkpoint import (
@@ -38,6 +42,7 @@ from training.metrics import (
 )
 
 SPLITS = ("train", "val", "test")
+RUN_RECIPE = "run"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid_threshold", type=cli.non_negative_float, default=None,
                         help="score pixels with ground truth > this (metres); None: the run's "
                              "own --valid_threshold, as during its validation")
+    parser.add_argument("--ground_truth", choices=(RUN_RECIPE, *sorted(RECIPES)),
+                        default=RUN_RECIPE,
+                        help="recipe whose depth rule makes the ground truth: run: the run's own "
+                             "--recipe, as during its validation; default: nearest-neighbour "
+                             "resize, +inf invalid; official: bilinear resize (holes blend into "
+                             "their neighbours), +inf = max depth")
     return parser
 
 
@@ -81,6 +92,7 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     device: str = "auto",
     valid_threshold: Optional[float] = None,
+    ground_truth: str = RUN_RECIPE,
 ) -> Dict[str, Any]:
     """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
 
@@ -92,6 +104,7 @@ def evaluate_checkpoint(
         batch_size, num_workers: of the loader.
         device: ``auto``, ``cpu``, ``cuda``...
         valid_threshold: metres; pixels with gt above it are scored (``None``: the run's own).
+        ground_truth: recipe whose depth rule makes the ground truth (``run``: the run's own).
 
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
@@ -99,8 +112,9 @@ def evaluate_checkpoint(
         ``protocols`` (protocol name → metrics: the run's own rule and ``bv2_min0.5``,
         gt >= 0.5 m) with their ``protocol_definitions``, ``checkpoint_fingerprint``
         (:func:`training.identity.checkpoint_fingerprint`),
-        ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one) and
-        ``data_fingerprint`` (the evaluated split's).
+        ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one),
+        ``data_fingerprint`` (the evaluated split's) and ``ground_truth`` (the recipe name whose
+        depth rule was used).
 
     Raises:
         DataError: unreadable checkpoint or data, or a checkpoint with non-finite weights.
@@ -114,8 +128,9 @@ def evaluate_checkpoint(
     args.dataset = dataset or args.dataset
     args.data_root = data_root or args.data_root
     input_key = MODEL_INPUTS[saved["model_name"]]
+    ground_truth = args.recipe if ground_truth == RUN_RECIPE else ground_truth
     data_set = build_dataset(args, resolve_data_root(args, DistContext()), split,
-                             use_rgb=input_key == "rgb")
+                             use_rgb=input_key == "rgb", ground_truth=ground_truth)
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
     task = DepthTask(model, input_key, model.config["max_depth"], args.criterion)
     if valid_threshold is None:
@@ -145,7 +160,7 @@ def evaluate_checkpoint(
         "protocols": metrics.compute_all(), "protocol_definitions": metrics.protocols(),
         "checkpoint_fingerprint": checkpoint_fingerprint(saved),
         "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
-        "data_fingerprint": data_set.data_fingerprint,
+        "data_fingerprint": data_set.data_fingerprint, "ground_truth": ground_truth,
     }
     out = Path(out_dir) if out_dir is not None else path.parent / f"{EVALUATION_PREFIX}{split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +181,8 @@ def format_table(result: Dict[str, Any]) -> str:
     """The metrics of :func:`evaluate_checkpoint` as a small text table."""
     lines = [f"{result['model_name']} on {result['dataset']} {result['split']}: "
              f"{result['n_images']} images scored, {result['n_skipped']} skipped (no valid pixel); "
-             f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv)",
+             f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv); ground truth "
+             f"of the {result['ground_truth']} recipe",
              format_protocol_table(result["protocols"])]
     return "\n".join(lines)
 
@@ -178,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         cli.configure_cpu(args)
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
-            args.num_workers, args.device, args.valid_threshold)
+            args.num_workers, args.device, args.valid_threshold, args.ground_truth)
     print(format_table(result))
     print(f"wrote {result['out_dir']}/metrics.json and per_image.csv")
 

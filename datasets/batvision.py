@@ -311,7 +311,8 @@ class _BatvisionDataset(Dataset):
     def __init__(self, root: PathLike, split: str, max_depth: Optional[float] = None,
                  image_size: int = 256, audio: str = "spectrogram", use_rgb: bool = False,
                  recipe: str = "default", locations: Optional[Iterable[str]] = None,
-                 cache_dir: Optional[PathLike] = None) -> None:
+                 cache_dir: Optional[PathLike] = None,
+                 ground_truth: Optional[str] = None) -> None:
         if audio not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {audio!r}; expected one of {AUDIO_MODES}")
         if image_size <= 0:
@@ -325,6 +326,7 @@ class _BatvisionDataset(Dataset):
         self.audio = audio
         self.use_rgb = use_rgb
         self.recipe: Recipe = get_recipe(recipe)
+        self.ground_truth: Recipe = get_recipe(ground_truth or recipe)
         cut = self.recipe.cut_length(self.max_depth, self.format)
         if cut is not None and cut < self.recipe.min_audio_samples:
             raise ValueError(f"max_depth {self.max_depth} m keeps {cut} samples; the STFT needs "
@@ -343,6 +345,8 @@ class _BatvisionDataset(Dataset):
                 "use_rgb": use_rgb, "max_depth": self.max_depth, "recipe": self.recipe.params(),
                 "data_fingerprint": self.data_fingerprint,
             }
+            if self.ground_truth != self.recipe:   # earlier caches keep their keys
+                params["ground_truth"] = self.ground_truth.params()
             self._cache = open_or_build(
                 cache_dir, f"{self.format}-{split}", params, len(self.records), self.load_sample,
                 forms=cache_forms(audio, self.recipe))
@@ -398,7 +402,7 @@ class _BatvisionDataset(Dataset):
             waveform = read_ear_pair(*record.audio_paths)
         check_audio_length(waveform, record.audio_paths[0], self.recipe, self.max_depth,
                            self.format)
-        depth, valid = self.recipe.depth(
+        depth, valid = self.ground_truth.depth(
             read_depth_mm(record.depth_path), self.image_size, self.max_depth)
         sample: Sample = {
             AUDIO: self.recipe.audio(waveform, self.audio, self.image_size, self.max_depth,
@@ -439,6 +443,9 @@ class BatvisionV2Dataset(_BatvisionDataset):
         recipe: ``default`` or ``official`` (see ``datasets.recipes``).
         locations: location names to keep (default all); an unknown name raises DataError.
         cache_dir: when given, preprocess the split once into a cache there and serve from it.
+        ground_truth: the recipe whose depth rule makes ``depth`` and ``valid`` (``None``:
+            ``recipe``). Models trained on different recipes are compared on one ground truth:
+            the official recipe blends holes into their neighbours and counts +inf as valid.
 
     Audio must hold at least ``max(n_fft // 2 + 1, cut)`` samples, else DataError: a shorter
     recording would be stretched over the same grid as full-length ones.
@@ -486,8 +493,8 @@ class BatvisionV1Dataset(_BatvisionDataset):
         root: folder with the split CSVs (paths in them are relative to it).
         split: ``train``, ``val`` or ``test``.
         max_depth: metres (default 12.0).
-        image_size, audio, recipe, cache_dir: as ``BatvisionV2Dataset``, and the same rule on
-            audio length.
+        image_size, audio, recipe, cache_dir, ground_truth: as ``BatvisionV2Dataset``, and the
+            same rule on audio length.
         use_rgb: also return the ``camera path left`` image; DataError if the CSV lacks it.
         locations: location names to keep (default all); an unknown name raises DataError.
     """

@@ -224,3 +224,24 @@ def test_registry():
     json.dumps(DEFAULT.params())
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT.n_fft = 256  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_ground_truth_of_another_recipe_keeps_the_inputs_and_takes_its_depth(
+        v1_root, tmp_path, cached):
+    """An official-recipe model scored on the default recipe's ground truth: its audio as it was
+    trained on, the depth and mask of the default recipe (holes kept, +inf invalid), and a cache
+    that never serves one recipe's depth for the other's."""
+    path = BatvisionV1Dataset(v1_root, "train").records[0].depth_path
+    raw = np.load(path)
+    raw[0] = np.inf   # nearest keeps the first row (invalid); bilinear blends it with the next
+    np.save(path, raw)
+    cache = {"cache_dir": tmp_path / "cache"} if cached else {}
+    official, default, scored = (
+        BatvisionV1Dataset(v1_root, "train", image_size=16, recipe=recipe, ground_truth=truth,
+                           **cache)[0]
+        for recipe, truth in (("official", None), ("default", None), ("official", "default")))
+    assert torch.equal(scored["audio"], official["audio"])
+    assert torch.equal(scored["depth"], default["depth"])
+    assert torch.equal(scored["valid"], default["valid"])
+    assert not torch.equal(official["valid"], default["valid"])   # the two rules differ here

@@ -297,6 +297,10 @@ def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pict
     by_name = {r["experiment"]: r for r in rows}
     # The official recipe has no model selection: its row is scored at the last epoch.
     assert by_name[OFFICIAL_UNET]["scored"] == "last (epoch 1)"
+    # Every row, the official recipe's included, is scored on one ground truth.
+    evaluations = list((out / "runs" / "seed0").glob("*/eval_test*/metrics.json"))
+    assert len(evaluations) == len(names)
+    assert {json.loads(f.read_text())["ground_truth"] for f in evaluations} == {"default"}
     assert by_name[AUDIO_ONLY]["scored"] == "best (epoch 1)"
     assert int(by_name[OFFICIAL_UNET]["params"]) > 0 and float(by_name["kd"]["train_seconds"]) > 0
 

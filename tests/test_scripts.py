@@ -117,11 +117,12 @@ def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
     evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path / "own"),
                    "--num_workers", "0"])
     evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path / "given"),
-                   "--num_workers", "0", "--valid_threshold", "0.5"])
+                   "--num_workers", "0", "--valid_threshold", "0.5", "--ground_truth", "official"])
     own = json.loads((tmp_path / "own" / "metrics.json").read_text())
     given = json.loads((tmp_path / "given" / "metrics.json").read_text())
     assert own["protocol"]["valid_threshold"] == 2.0
     assert given["protocol"]["valid_threshold"] == 0.5
+    assert (own["ground_truth"], given["ground_truth"]) == (saved["args"]["recipe"], "official")
 
     assert own["checkpoint_fingerprint"] == checkpoint_fingerprint(saved)
     assert own["identity_fingerprint"] == saved["identity"]["fingerprint"]

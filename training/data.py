@@ -145,7 +145,8 @@ def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
         return Path(ensure_synthetic_world(args.data_root, config, progress=context.is_main))
 
 
-def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: bool) -> Dataset:
+def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: bool,
+                  ground_truth: Optional[str] = None) -> Dataset:
     """The reader for ``--dataset`` on ``split`` with the data flags of ``args``.
 
     Args:
@@ -154,12 +155,13 @@ def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: boo
         root: from :func:`resolve_data_root`.
         split: ``train``, ``val`` or ``test``.
         use_rgb: load the camera image (the RGB model; DataError where a V1 CSV has no camera).
+        ground_truth: recipe whose depth rule makes the ground truth (``None``: ``args.recipe``).
     """
     return READERS[args.dataset](
         root=root, split=split, max_depth=args.max_depth, image_size=args.image_size,
         audio=getattr(args, "audio_format", "spectrogram"), use_rgb=use_rgb, recipe=args.recipe,
         locations=args.locations.split(",") if args.locations else None,
-        cache_dir=args.cache_dir or None,
+        cache_dir=args.cache_dir or None, ground_truth=ground_truth,
     )
 
 

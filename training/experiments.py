@@ -63,6 +63,10 @@ BEST, LAST = "best", "last"
 CHECKPOINT_FILES = {BEST: BEST_CHECKPOINT, LAST: LAST_CHECKPOINT}
 EVALUATION_DIRS = {BEST: "eval_test", LAST: "eval_test_last"}
 EVALUATE_SCRIPT = "evaluate.py"
+# Every row is scored on the ground truth of one recipe, whatever recipe its model reads: the
+# official recipe's bilinear resize blends holes into valid depth and counts +inf as valid, so
+# scoring the official U-Net on its own recipe's depth would score it on other pixels and values.
+TABLE_GROUND_TRUTH = "default"
 MISMATCH_ACTIONS = ("retrain", "stop")
 # Goals of the standard table: audio-only and best-KD RMSE as a share of the official U-Net's,
 # the student's training time as a multiple of the official U-Net's, and the KD gain in units of
@@ -529,8 +533,9 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoint]:
-    """Test metrics of the run's scored checkpoint (``evaluate.py``), reused while the recorded
-    checkpoint and test-split fingerprints match the files now on disk and every protocol of
+    """Test metrics of the run's scored checkpoint (``evaluate.py``, on the ground truth of
+    :data:`TABLE_GROUND_TRUTH`), reused while the recorded checkpoint and test-split fingerprints
+    match the files now on disk, the ground truth is that recipe's and every protocol of
     :data:`training.metrics.PROTOCOLS` was scored.
 
     Returns:
@@ -539,18 +544,21 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
     checkpoint_path = spec.scored_checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     wanted = {"checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
-              "data_fingerprint": run_test_fingerprint(checkpoint["args"])}
+              "data_fingerprint": run_test_fingerprint(checkpoint["args"]),
+              "ground_truth": TABLE_GROUND_TRUTH}
     out = spec.run_dir / EVALUATION_DIRS[spec.experiment.scored]
     result = read_json(out / METRICS_FILE)
     if (result is not None and all(result.get(k) == v for k, v in wanted.items())
             and set(PROTOCOLS) <= set(protocol_results(result))):
-        print(f"[reuse] {out}: evaluation of this checkpoint on this test split")
+        print(f"[reuse] {out}: evaluation of this checkpoint on this test split and ground "
+              "truth")
         return result, checkpoint
     setup.launch(EVALUATE_SCRIPT, [
         "--checkpoint", str(checkpoint_path), "--split", "test", "--out", str(out),
         "--batch_size", str(4 * setup.preset.batch_size), "--num_workers", "0",
         # gt > 0 whatever threshold the run validated with: the table's primary protocol.
-        "--device", setup.device, "--valid_threshold", "0"], setup.log(spec, "evaluate"))
+        "--device", setup.device, "--valid_threshold", "0", "--ground_truth", TABLE_GROUND_TRUTH],
+        setup.log(spec, "evaluate"))
     result = read_json(out / METRICS_FILE)
     if result is None:
         raise TrainingError(f"{out / METRICS_FILE}: {EVALUATE_SCRIPT} wrote no metrics")
@@ -864,7 +872,9 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         "trained run is scored with `evaluate.py` at the checkpoint its row names: `best` = "
         "lowest validation RMSE, `last` = final epoch (the official recipe has no model "
         "selection). The reference rows predict the training split's mean depth map (overall / "
-        "of the sample's location), scored by the same metric code.", "",
+        "of the sample's location), scored by the same metric code. Every row is scored on the "
+        f"ground truth of the `{TABLE_GROUND_TRUTH}` recipe (depth resized by nearest neighbour, "
+        "+inf invalid), whatever recipe its model reads.", "",
         f"Metric protocols (valid ground-truth pixels): {protocols}. Per image, then mean over "
         "images; metres; no median scaling; predictions floored at 1 mm inside log10 and delta "
         "only. rmse, mae in metres; abs_rel, log10 unitless; delta1 = share of pixels with "
@@ -920,7 +930,8 @@ def save_picture_grid(path: Path, columns: Dict[str, Path], count: int,
     """Rows of test samples: RGB | ground truth | one depth map per checkpoint (with its RMSE).
 
     Each model reads the test split as its own run did (its saved data arguments: the official
-    U-Net its own recipe); the RGB and ground truth come from the first checkpoint's run.
+    U-Net its own recipe); the RGB comes from the first checkpoint's run, and the ground truth
+    too, made by the :data:`TABLE_GROUND_TRUTH` recipe as in the table.
 
     Args:
         path: PNG to write.
@@ -928,14 +939,17 @@ def save_picture_grid(path: Path, columns: Dict[str, Path], count: int,
         count: number of samples, spread evenly over the split (so over its locations).
         device: where the models run.
     """
-    def test_batch(checkpoint: Checkpoint, use_rgb: bool) -> Dict[str, Any]:
+    def test_batch(checkpoint: Checkpoint, use_rgb: bool,
+                   ground_truth: Optional[str] = None) -> Dict[str, Any]:
         args = argparse.Namespace(**checkpoint["args"])
-        test_set = build_dataset(args, resolve_data_root(args, DistContext()), "test", use_rgb)
+        test_set = build_dataset(args, resolve_data_root(args, DistContext()), "test", use_rgb,
+                                 ground_truth)
         picks = spread_indices(len(test_set), count)
         return default_collate([test_set[int(i)] for i in picks])
 
     checkpoints = {title: load_checkpoint(p) for title, p in columns.items()}
-    shown = test_batch(next(iter(checkpoints.values())), use_rgb=True)
+    shown = test_batch(next(iter(checkpoints.values())), use_rgb=True,
+                       ground_truth=TABLE_GROUND_TRUTH)
     predictions: Dict[str, torch.Tensor] = {}
     for title, checkpoint in checkpoints.items():
         uses_rgb = checkpoint["model_name"] == "rgb_depth"
@@ -1109,8 +1123,9 @@ def run_table(args: argparse.Namespace, launch: Launcher, command: str) -> Path:
     _, data_args = parse_run_args(reference_spec)
     root = resolve_data_root(data_args, DistContext())
     batch = 4 * preset.batch_size
-    rows += reference_rows(build_dataset(data_args, root, "train", use_rgb=False),
-                           build_dataset(data_args, root, "test", use_rgb=False), batch)
+    rows += reference_rows(*(build_dataset(data_args, root, split, use_rgb=False,
+                                           ground_truth=TABLE_GROUND_TRUTH)
+                             for split in ("train", "test")), batch)
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
