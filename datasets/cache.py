@@ -464,7 +464,29 @@ def open_or_build(cache_dir: PathLike, name: str, params: Mapping[str, Any], len
             _remove_stale_builds(folder, locked)
             _build(folder, params, length, load_sample, forms)
             cache = SampleCache(folder, params, length)
+            _warn_of_older_formats(folder, name)
     return cache
+
+
+def _warn_of_older_formats(folder: Path, name: str) -> None:
+    """Name the caches of ``name`` beside ``folder`` written by an older cache format: this
+    version never reads them, and a float32 cache of BatVision V1 takes tens of GB. They are left
+    to the user (an older checkout sharing the folder may still read them)."""
+    older, size = [], 0
+    for sibling in folder.parent.glob(glob.escape(name) + "-*"):
+        if TMP_MARK in sibling.name or not sibling.is_dir():
+            continue
+        try:
+            version = json.loads((sibling / MANIFEST).read_text()).get("version")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(version, int) and version < CACHE_FORMAT_VERSION:
+            older.append(sibling.name)
+            size += sum(f.stat().st_size for f in sibling.iterdir() if f.is_file())
+    if older:
+        warnings.warn(f"{folder.parent}: {len(older)} {name} cache(s) of an older format "
+                      f"({size / 2 ** 20:,.1f} MiB: {', '.join(sorted(older))}) are no longer "
+                      "read; delete them to free the space", stacklevel=3)
 
 
 def _open_if_sound(folder: Path, params: Mapping[str, Any], length: int,

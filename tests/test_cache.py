@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -21,9 +22,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset
-from datasets.cache import (EXACT, MANIFEST, META_FILE, MM_UINT16, SCALED_FLOAT16, SCALED_UINT8,
-                            TMP_MARK, UNIT_UINT8, SampleCache, StoredForm, cache_folder,
-                            open_or_build, read_manifest)
+from datasets.cache import (CACHE_FORMAT_VERSION, EXACT, MANIFEST, META_FILE, MM_UINT16,
+                            SCALED_FLOAT16, SCALED_UINT8, TMP_MARK, UNIT_UINT8, SampleCache,
+                            StoredForm, cache_folder, open_or_build, read_manifest)
 from datasets.errors import DataError
 from datasets.sample import Sample
 
@@ -480,3 +481,21 @@ def test_two_ranks_build_once_and_both_read(tmp_path):
         samples = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for i, sample in enumerate(samples):
             assert_within_bounds(sample, fake_sample(i))
+
+
+def test_a_build_names_the_older_format_caches_it_will_never_read(tmp_path, source):
+    cache_dir = tmp_path / "cache"
+    for folder, version in (("fake-old", CACHE_FORMAT_VERSION - 1), ("other-old", 1),
+                            ("fake-current", CACHE_FORMAT_VERSION)):
+        (cache_dir / folder).mkdir(parents=True)
+        (cache_dir / folder / MANIFEST).write_text(json.dumps({"version": version}))
+        (cache_dir / folder / "depth.bin").write_bytes(bytes(2 ** 20))
+    with pytest.warns(UserWarning) as warned:
+        cache = open_or_build(cache_dir, "fake", PARAMS, 4, source)
+    message, = [str(w.message) for w in warned]
+    assert message.startswith(f"{cache_dir}: 1 fake cache(s) of an older format ("
+                              "1.0 MiB: fake-old) are no longer read")
+    assert (cache_dir / "fake-old").is_dir()                 # left to the user
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert open_or_build(cache_dir, "fake", PARAMS, 4, source).folder == cache.folder
