@@ -51,7 +51,7 @@ from training.checkpoint import (
 from training.data import (
     REPO_ROOT, build_dataset, input_storage, resolve_data, resolve_data_root, split_fingerprint,
 )
-from training.device import DistContext, resolve_device
+from training.device import DistContext, resolve_device, threads_per_job
 from training.errors import TrainingError, UsageError
 from training.identity import checkpoint_fingerprint, differences, run_identity
 from training.metrics import METRIC_NAMES, OFFICIAL, PROTOCOLS, MultiProtocolMetrics, image_metrics
@@ -265,7 +265,8 @@ def build_parser(description: Optional[str]) -> argparse.ArgumentParser:
                              "line listing the differences")
     parser.add_argument("--jobs", type=cli.positive_int, default=1,
                         help="runs trained at once (each its own process; on a GPU several "
-                             "small runs share it well); above 1 each run's output goes to "
+                             "small runs share it well; on a CPU they share the free cores out, "
+                             "--threads free // jobs); above 1 each run's output goes to "
                              "<out>/logs/ instead of the terminal")
     parser.add_argument("--num_pictures", type=cli.positive_int, default=4,
                         help="test samples in pictures.png")
@@ -330,6 +331,8 @@ class Setup:
         jobs: runs trained at once; above 1 each script's output goes to a log file in
             ``logs_dir`` instead of the terminal, where runs would interleave.
         logs_dir: ``<out>/logs``.
+        threads: ``--threads`` of every script (``None``: each its own ``auto``), from
+            :func:`training.device.threads_per_job`.
     """
 
     preset: Preset
@@ -342,6 +345,11 @@ class Setup:
     launch: Launcher
     jobs: int = 1
     logs_dir: Optional[Path] = None
+    threads: Optional[int] = None
+
+    def thread_flags(self) -> List[str]:
+        """``--threads N`` when the runs share the cores out, else nothing."""
+        return [] if self.threads is None else ["--threads", str(self.threads)]
 
     def log(self, spec: "RunSpec", step: str) -> Optional[Path]:
         """Where the output of ``step`` (``train`` or ``evaluate``) of a run goes: ``None`` (the
@@ -382,7 +390,8 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
             "--image_size", str(preset.image_size), "--batch_size", str(preset.batch_size),
             "--nb_epochs", str(epochs), "--seed", str(seed),
             "--checkpoint_dir", str(seed_dir), "--experiment_name", experiment.name,
-            "--cache_dir", str(setup.cache_dir), "--device", setup.device]
+            "--cache_dir", str(setup.cache_dir), "--device", setup.device,
+            *setup.thread_flags()]
     if preset.dataset == "synthetic":
         argv += ["--synthetic_locations", str(preset.synthetic_locations),
                  "--synthetic_samples", str(preset.synthetic_samples),
@@ -557,7 +566,8 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
         "--checkpoint", str(checkpoint_path), "--split", "test", "--out", str(out),
         "--batch_size", str(4 * setup.preset.batch_size), "--num_workers", "0",
         # gt > 0 whatever threshold the run validated with: the table's primary protocol.
-        "--device", setup.device, "--valid_threshold", "0", "--ground_truth", TABLE_GROUND_TRUTH],
+        "--device", setup.device, "--valid_threshold", "0", "--ground_truth", TABLE_GROUND_TRUTH,
+        *setup.thread_flags()],
         setup.log(spec, "evaluate"))
     result = read_json(out / METRICS_FILE)
     if result is None:
@@ -1051,7 +1061,8 @@ def make_setup(args: argparse.Namespace, launch: Launcher) -> Setup:
                  data_root=world_root(preset, args.data_root),
                  cache_dir=Path(args.cache_dir) if args.cache_dir else out / "cache",
                  device=args.device, runs_dir=out / "runs", on_mismatch=args.on_mismatch,
-                 launch=launch, jobs=args.jobs, logs_dir=out / "logs")
+                 launch=launch, jobs=args.jobs, logs_dir=out / "logs",
+                 threads=threads_per_job(args.jobs, args.device))
 
 
 def train_and_score(specs: Sequence[RunSpec], setup: Setup) -> List[Row]:
