@@ -11,7 +11,8 @@ import torch
 
 from training import device
 from training.device import (
-    busy_cores, configure_threads, default_num_workers, free_core_threads, usable_cpus,
+    busy_cores, configure_threads, default_num_workers, free_core_threads, threads_per_job,
+    usable_cpus,
 )
 from training.errors import UsageError
 
@@ -81,6 +82,30 @@ def test_auto_uses_the_free_cores(monkeypatch: pytest.MonkeyPatch, load, expecte
     monkeypatch.setattr(device, "usable_cpus", lambda: 2)
     assert configure_threads("auto", "cpu") == expected
     assert torch.get_num_threads() == expected
+
+
+@pytest.mark.parametrize("jobs, load, cores, expected", [
+    (2, (0.0, 2), 2, 1),      # two runs started together on a quiet 2-core machine: one each
+    (3, (0.0, 8), 8, 2),
+    (4, (1.0, 2), 2, 1),      # never fewer than one
+    (2, (4.0, 16), 16, 6),    # the free cores only: floor(16 - 4 + 0.25) = 12, shared by 2
+    (2, None, 4, 2),          # no load readable: torch's default, shared
+])
+def test_jobs_started_together_share_the_free_cores(monkeypatch: pytest.MonkeyPatch, jobs: int,
+                                                    load, cores: int, expected: int) -> None:
+    monkeypatch.setattr(device, "busy_cores", lambda: load)
+    monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", cores)
+    monkeypatch.setattr(device, "usable_cpus", lambda: cores)
+    assert threads_per_job(jobs, "cpu") == expected
+
+
+def test_one_job_cuda_or_omp_num_threads_leave_each_run_its_own_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "busy_cores", _must_not_measure)
+    assert threads_per_job(1, "cpu") is None
+    assert threads_per_job(2, "cuda") is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert threads_per_job(2, "cpu") is None
 
 
 @pytest.mark.parametrize("busy, cpus, cap, expected", [

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pytest
 import torch
 
-from training import experiments
+from training import device, experiments
 from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
 from training.experiments import (
     AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, RESUME, RETRAIN, REUSE, NEW, decide, depth_priors,
@@ -411,3 +411,20 @@ def test_with_several_jobs_a_failed_script_is_one_line_quoting_its_log(tmp_path:
     message = str(failed.value)
     assert "\n" not in message and f"{log}: error: " in message
     assert str(tmp_path / "missing") in log.read_text()
+
+
+@pytest.mark.parametrize("jobs, threads", [(1, None), (2, 1)])
+def test_runs_started_together_on_a_cpu_get_their_share_of_the_cores(
+        jobs: int, threads: Optional[int], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(device, "busy_cores", lambda: (0.0, 2))   # a quiet 2-core machine
+    monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.setattr(device, "usable_cpus", lambda: 2)
+    args = experiments.build_parser(None).parse_args(_tiny_argv(tmp_path, "--jobs", str(jobs)))
+    monkeypatch.setattr(experiments, "world_root", lambda preset, root: str(tmp_path))
+    setup = experiments.make_setup(args, InProcess())
+    spec = experiments.run_spec(experiments.PRESETS["quick"].experiments[0], 0, setup)
+    given = spec.argv[spec.argv.index("--threads") + 1] if "--threads" in spec.argv else None
+    assert given == (None if threads is None else str(threads))
+    assert setup.thread_flags() == ([] if threads is None else ["--threads", given])
