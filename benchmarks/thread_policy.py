@@ -14,6 +14,8 @@ from the cache and from the source files, with 0, 1 and 2 workers.
     python benchmarks/thread_policy.py --rounds 3       # medians of 3 interleaved rounds
     python benchmarks/thread_policy.py --loader         # + workers (minutes; far longer on
                                                         #   a loaded machine)
+    python benchmarks/thread_policy.py --together 2     # + 2 processes started at once: each
+                                                        #   'auto' vs run_experiments.py's share
 
 ``OMP_NUM_THREADS`` is removed from the measuring processes (it would override ``auto`` and
 torch's default). Goal (issue 10, item 1): with ``auto``, a step beside one busy process takes
@@ -68,6 +70,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3,
                         help="--loader: epochs per measurement; the first (worker start-up) is "
                              "not timed")
+    parser.add_argument("--together", type=int, default=1,
+                        help="also start this many measuring processes at the same moment, "
+                             "each with 'auto' (every one sees an idle machine) and then with "
+                             "the share run_experiments.py --jobs gives them "
+                             "(training.device.threads_per_job)")
     parser.add_argument("--worker", metavar="JSON", default=None,
                         help="internal: run one measurement described by JSON and print its "
                              "result as JSON")
@@ -75,8 +82,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     bad = [s for s in args.settings if s != "auto" and not (s.isdigit() and int(s) > 0)]
     if bad:
         parser.error(f"--settings takes 'auto' or positive integers, got {bad}")
-    if args.steps < 1 or args.epochs < 2 or args.rounds < 1:
-        parser.error("--steps and --rounds must be >= 1 and --epochs >= 2")
+    if args.steps < 1 or args.epochs < 2 or args.rounds < 1 or args.together < 1:
+        parser.error("--steps, --rounds and --together must be >= 1 and --epochs >= 2")
     args.settings = list(dict.fromkeys(args.settings))
     return args
 
@@ -224,6 +231,28 @@ def goal_lines(results: Dict[str, Dict[str, Dict[str, Any]]]) -> List[str]:
     return lines
 
 
+def started_together(job: Dict[str, Any], count: int, settings: Sequence[str],
+                     rounds: int) -> None:
+    """Print the median ms per step of ``count`` processes started at the same moment, for each
+    ``--threads`` setting (interleaved rounds), and each setting's time over the last one's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads: Dict[str, List[int]] = {setting: [] for setting in settings}
+    times: Dict[str, List[float]] = {setting: [] for setting in settings}
+    with ThreadPoolExecutor(count) as pool:
+        for _ in range(rounds):
+            for setting in settings:
+                for result in pool.map(measure, [{**job, "threads": setting}] * count):
+                    threads[setting].append(result["threads"])
+                    times[setting].append(result["ms_per_step"])
+    medians = {setting: statistics.median(times[setting]) for setting in settings}
+    print(f"\n{count} processes started together, median ms per step:")
+    for setting in settings:
+        print(f"  --threads {setting:<5} threads {','.join(map(str, threads[setting])):<12} "
+              f"{medians[setting]:>8.1f} ms  ({medians[setting] / medians[settings[-1]]:.2f}x "
+              f"the last)")
+
+
 def loader_results(argv: List[str], settings: List[str], epochs: int,
                    rounds: int) -> Dict[str, Dict[str, Dict[str, Any]]]:
     """Epoch step times through the project's loaders on a small world, from the cache and from
@@ -271,6 +300,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print_rows("training step (fixed batch), median ms per step:", results)
     for line in goal_lines(results):
         print(line)
+    if args.together > 1:
+        from training.device import threads_per_job
+
+        share = str(threads_per_job(args.together, "cpu") or "auto")
+        started_together({"argv": student, "steps": args.steps, "warmup": args.warmup},
+                         args.together, list(dict.fromkeys(["auto", share])), args.rounds)
     if args.loader:
         print_rows(f"through the DataLoader, median ms per step (epochs 2..{args.epochs}):",
                    loader_results(student, args.settings, args.epochs, args.rounds))
