@@ -7,7 +7,8 @@ given here), metres, mean over images; images without a valid pixel are skipped 
 A checkpoint whose weights are not all finite is refused. ``--ground_truth default`` scores on
 the default recipe's depth whatever recipe the run was trained on, so runs of different recipes
 (the official U-Net's and ours) are scored on the same pixels and values, as the experiment
-tables do.
+tables do. ``--mirror_average`` scores the mean of the prediction and the mirrored prediction of
+the mirrored input (ears swapped, image flipped): two forward passes.
 
     python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
     python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
@@ -35,7 +36,7 @@ from training.checkpoint import (
 )
 from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
 from training.device import DistContext, resolve_device
-from training.engine import DepthTask, configure_cuda_kernels, validate
+from training.engine import DepthTask, MirrorAveraged, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
     BV2_MIN_05, METRIC_NAMES, MultiProtocolMetrics, format_protocol_table, protocol_for,
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--recipe, as during its validation; default: nearest-neighbour "
                              "resize, +inf invalid; official: bilinear resize (holes blend into "
                              "their neighbours), +inf = max depth")
+    parser.add_argument("--mirror_average", action="store_true",
+                        help="score the mean of the prediction and the mirrored prediction of "
+                             "the mirrored input (ears swapped, or image flipped): two forward "
+                             "passes; the left-right symmetry --mirror_augment trains")
     return parser
 
 
@@ -93,6 +98,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     valid_threshold: Optional[float] = None,
     ground_truth: str = RUN_RECIPE,
+    mirror_average: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
 
@@ -105,6 +111,7 @@ def evaluate_checkpoint(
         device: ``auto``, ``cpu``, ``cuda``...
         valid_threshold: metres; pixels with gt above it are scored (``None``: the run's own).
         ground_truth: recipe whose depth rule makes the ground truth (``run``: the run's own).
+        mirror_average: score :class:`training.engine.MirrorAveraged` predictions.
 
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
@@ -113,8 +120,8 @@ def evaluate_checkpoint(
         gt >= 0.5 m) with their ``protocol_definitions``, ``checkpoint_fingerprint``
         (:func:`training.identity.checkpoint_fingerprint`),
         ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one),
-        ``data_fingerprint`` (the evaluated split's) and ``ground_truth`` (the recipe name whose
-        depth rule was used).
+        ``data_fingerprint`` (the evaluated split's), ``ground_truth`` (the recipe name whose
+        depth rule was used) and ``mirror_average``.
 
     Raises:
         DataError: unreadable checkpoint or data, or a checkpoint with non-finite weights.
@@ -132,7 +139,8 @@ def evaluate_checkpoint(
     data_set = build_dataset(args, resolve_data_root(args, DistContext()), split,
                              use_rgb=input_key == "rgb", ground_truth=ground_truth)
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
-    task = DepthTask(model, input_key, model.config["max_depth"], args.criterion)
+    scored = MirrorAveraged(model, input_key) if mirror_average else model
+    task = DepthTask(scored, input_key, model.config["max_depth"], args.criterion)
     if valid_threshold is None:
         valid_threshold = saved["args"].get("valid_threshold", 0.0)
     # The run's own rule first (per_image.csv and the top-level numbers), then the gt >= 0.5 m
@@ -161,6 +169,7 @@ def evaluate_checkpoint(
         "checkpoint_fingerprint": checkpoint_fingerprint(saved),
         "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
         "data_fingerprint": data_set.data_fingerprint, "ground_truth": ground_truth,
+        "mirror_average": mirror_average,
     }
     out = Path(out_dir) if out_dir is not None else path.parent / f"{EVALUATION_PREFIX}{split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +191,8 @@ def format_table(result: Dict[str, Any]) -> str:
     lines = [f"{result['model_name']} on {result['dataset']} {result['split']}: "
              f"{result['n_images']} images scored, {result['n_skipped']} skipped (no valid pixel); "
              f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv); ground truth "
-             f"of the {result['ground_truth']} recipe",
+             f"of the {result['ground_truth']} recipe"
+             + ("; mirror-averaged predictions" if result["mirror_average"] else ""),
              format_protocol_table(result["protocols"])]
     return "\n".join(lines)
 
@@ -194,7 +204,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         cli.configure_cpu(args)
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
-            args.num_workers, args.device, args.valid_threshold, args.ground_truth)
+            args.num_workers, args.device, args.valid_threshold, args.ground_truth,
+            args.mirror_average)
     print(format_table(result))
     print(f"wrote {result['out_dir']}/metrics.json and per_image.csv")
 

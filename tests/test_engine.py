@@ -28,10 +28,10 @@ from training.checkpoint import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, RUN_LOCK, load_checkpoint, non_finite_tensors,
     run_folder_lock,
 )
-from training.data import build_data, mirror_batch
+from training.data import build_data, mirror, mirror_batch
 from training.engine import (
-    DepthTask, Trainer, amp_dtype, check_device_flags, configure_cuda_kernels, fit, lr_factor,
-    with_total,
+    DepthTask, MirrorAveraged, Trainer, amp_dtype, check_device_flags, configure_cuda_kernels,
+    fit, lr_factor, with_total,
 )
 from training.errors import UsageError
 from training.tracking import Tracker
@@ -710,3 +710,23 @@ def test_wandb_only_on_request_and_offline_without_a_key(
     tracker.log_epoch([record], {"epoch": 1, "rmse": 1.0})
     assert run.logged == [
         {"epoch": 1, "lr": 1e-3, "train/l1": 0.5, "train/total": 0.5, "val/rmse": 1.0}]
+
+
+@pytest.mark.parametrize("name, size, input_key, channels", [
+    ("rgb_depth", {"base_channels": 4}, RGB, 3),
+    ("binaural_attention", {"base_channels": 4}, AUDIO, 2),
+    ("official_unet", {"ngf": 4, "num_downs": 5}, AUDIO, 2)])
+def test_mirror_averaged_predictions_are_exactly_mirror_symmetric(
+        name: str, size: Dict[str, int], input_key: str, channels: int) -> None:
+    """Mirroring the input mirrors the averaged prediction, whatever the model learnt, and the
+    average is the two passes' mean."""
+    torch.manual_seed(0)
+    model = build_model(name, **size).eval()
+    averaged = MirrorAveraged(model, input_key)
+    x = torch.rand(2, channels, 32, 32)
+    mirrored = mirror(x, input_key)
+    with torch.no_grad():
+        out = averaged(x)
+        assert torch.allclose(averaged(mirrored), mirror(out, DEPTH), atol=1e-6)
+        assert torch.allclose(out, (model(x) + model(mirrored).flip(-1)) / 2, atol=1e-6)
+        assert not torch.allclose(out, model(x), atol=1e-4)   # not a symmetric model already

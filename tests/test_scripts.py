@@ -123,6 +123,11 @@ def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
     assert own["protocol"]["valid_threshold"] == 2.0
     assert given["protocol"]["valid_threshold"] == 0.5
     assert (own["ground_truth"], given["ground_truth"]) == (saved["args"]["recipe"], "official")
+    evaluate.main(["--checkpoint", str(path), "--out", str(tmp_path / "mirrored"),
+                   "--num_workers", "0", "--mirror_average"])
+    mirrored = json.loads((tmp_path / "mirrored" / "metrics.json").read_text())
+    assert (own["mirror_average"], mirrored["mirror_average"]) == (False, True)
+    assert mirrored["n_images"] == own["n_images"] and mirrored["rmse"] != own["rmse"]
 
     assert own["checkpoint_fingerprint"] == checkpoint_fingerprint(saved)
     assert own["identity_fingerprint"] == saved["identity"]["fingerprint"]

@@ -335,10 +335,16 @@ def mirror_batch(batch: Dict[str, Any], flip: torch.Tensor) -> Dict[str, Any]:
     for key in (DEPTH, VALID, RGB, AUDIO):
         if key in batch:
             x = batch[key]
-            flipped = swap_ears(x) if key == AUDIO else x.flip(-1)
             mask = flip.to(x.device).view(-1, *([1] * (x.ndim - 1)))
-            mirrored[key] = torch.where(mask, flipped, x)
+            mirrored[key] = torch.where(mask, mirror(x, key), x)
     return mirrored
+
+
+def mirror(x: torch.Tensor, key: str) -> torch.Tensor:
+    """The left–right mirror of one batched tensor of a sample: the ears swapped for ``audio``
+    (:func:`datasets.recipes.swap_ears`), the width flipped for image-grid tensors (depth, valid,
+    rgb, predictions)."""
+    return swap_ears(x) if key == AUDIO else x.flip(-1)
 
 
 def mirror_flags(batch_size: int, seed: int, global_step: int, rank: int) -> torch.Tensor:

@@ -97,7 +97,7 @@ from training.checkpoint import (
     restore_rng_state, run_folder_lock, save_checkpoint, training_weights, write_json,
 )
 from training.cli import Run, write_resolved_config
-from training.data import Data, mirror_batch, mirror_flags
+from training.data import Data, mirror, mirror_batch, mirror_flags
 from training.device import DistContext
 from training.ema import WeightEma, swapped_weights
 from training.errors import TrainingError, UsageError
@@ -165,6 +165,26 @@ class DepthTask(Task):
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         depth = self.model(batch[self.input_key])
         return depth, with_total(self.supervised_losses(depth, batch))
+
+
+class MirrorAveraged(nn.Module):
+    """Test-time mirror averaging: the mean of ``model(x)`` and the mirrored prediction of the
+    mirrored input (:func:`training.data.mirror`), the left–right symmetry that
+    ``--mirror_augment`` trains. Two forward passes per batch.
+
+    Args:
+        model: a depth model of ``models``.
+        input_key: ``"rgb"`` or ``"audio"``: what ``x`` is.
+    """
+
+    def __init__(self, model: nn.Module, input_key: str) -> None:
+        super().__init__()
+        self.model = model
+        self.input_key = input_key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) depth in metres, the model's output averaged with its mirror image's."""
+        return 0.5 * (self.model(x) + mirror(self.model(mirror(x, self.input_key)), DEPTH))
 
 
 # --------------------------------------------------------------------------------------------

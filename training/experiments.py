@@ -544,8 +544,8 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
 def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoint]:
     """Test metrics of the run's scored checkpoint (``evaluate.py``, on the ground truth of
     :data:`TABLE_GROUND_TRUTH`), reused while the recorded checkpoint and test-split fingerprints
-    match the files now on disk, the ground truth is that recipe's and every protocol of
-    :data:`training.metrics.PROTOCOLS` was scored.
+    match the files now on disk, the ground truth is that recipe's, the predictions were not
+    mirror-averaged and every protocol of :data:`training.metrics.PROTOCOLS` was scored.
 
     Returns:
         ``(metrics.json contents, the scored checkpoint)``.
@@ -558,6 +558,7 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
     out = spec.run_dir / EVALUATION_DIRS[spec.experiment.scored]
     result = read_json(out / METRICS_FILE)
     if (result is not None and all(result.get(k) == v for k, v in wanted.items())
+            and not result.get("mirror_average")
             and set(PROTOCOLS) <= set(protocol_results(result))):
         print(f"[reuse] {out}: evaluation of this checkpoint on this test split and ground "
               "truth")
