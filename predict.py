@@ -11,7 +11,8 @@ camera image. A checkpoint whose weights are not all finite is refused.
     python predict.py --checkpoint checkpoints/v1_student --left 123_left.npy --right 123_right.npy
     python predict.py --checkpoint checkpoints/teacher --image camera_3011.jpeg
 
-Writes ``<name>_depth.npy`` (float32 (S, S), metres) and ``<name>_depth.png`` (colour bar in
+``--mirror_average`` predicts the mean of the prediction and the mirrored prediction of the
+mirrored input (as ``evaluate.py --mirror_average``). Writes ``<name>_depth.npy`` (float32 (S, S), metres) and ``<name>_depth.png`` (colour bar in
 metres) to --out.
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from training import cli
 from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model
 from training.data import MODEL_INPUTS, READERS
 from training.device import configure_threads, resolve_device
+from training.engine import MirrorAveraged
 from training.errors import UsageError
 from training.tracking import save_depth_picture
 
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=cli.thread_count, default="auto",
                         help="CPU threads for torch's kernels (auto: the idle cores, as the "
                              "training scripts)")
+    parser.add_argument("--mirror_average", action="store_true",
+                        help="average the prediction with the mirrored prediction of the "
+                             "mirrored input (ears swapped, or image flipped): two forward passes")
     return parser
 
 
@@ -98,8 +103,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         configure_threads(args.threads, args.device)
         model = load_model(saved, device, path=path)
         x, default_name = model_input(args, saved["args"], saved["model_name"])
+    predictor = (MirrorAveraged(model, MODEL_INPUTS[saved["model_name"]]) if args.mirror_average
+                 else model)
     with torch.no_grad():
-        depth = model(x[None].to(device))[0, 0].float().cpu().numpy()
+        depth = predictor(x[None].to(device))[0, 0].float().cpu().numpy()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or default_name

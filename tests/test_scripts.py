@@ -20,10 +20,14 @@ import evaluate
 import predict
 import train_binaural_attention
 import train_rgb_depth
+from datasets.sample import AUDIO
 from datasets.synthetic.world import WorldConfig, ensure_synthetic_world
-from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, save_checkpoint
+from training.checkpoint import (
+    BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, load_model, save_checkpoint,
+)
 from training.data import resolve_data_root, split_fingerprint
 from training.device import DistContext
+from training.engine import MirrorAveraged
 from training.identity import checkpoint_fingerprint
 from training.metrics import METRIC_NAMES
 
@@ -163,6 +167,15 @@ def test_predict_from_a_wav_and_refuses_the_wrong_input(
     assert depth.shape == (32, 32) and depth.dtype == np.float32
     assert np.isfinite(depth).all() and depth.min() >= 0 and depth.max() <= 15.0
     assert (tmp_path / f"{wav.stem}_depth.png").is_file()
+    predict.main(["--checkpoint", str(runs["binaural_attention"]), "--wav", str(wav),
+                  "--out", str(tmp_path), "--name", "mirrored", "--mirror_average"])
+    saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)
+    averaged = MirrorAveraged(load_model(saved), AUDIO)
+    audio, _ = predict.model_input(argparse.Namespace(wav=str(wav), left=None, right=None),
+                                   saved["args"], saved["model_name"])
+    with torch.no_grad():
+        expected = averaged(audio[None])[0, 0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "mirrored_depth.npy"), expected, atol=1e-5)
     with pytest.raises(SystemExit) as error:
         predict.main(["--checkpoint", str(runs["binaural_attention"]), "--left", str(wav),
                       "--right", str(wav), "--out", str(tmp_path)])
