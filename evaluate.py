@@ -8,7 +8,9 @@ A checkpoint whose weights are not all finite is refused. ``--ground_truth defau
 the default recipe's depth whatever recipe the run was trained on, so runs of different recipes
 (the official U-Net's and ours) are scored on the same pixels and values, as the experiment
 tables do. ``--mirror_average`` scores the mean of the prediction and the mirrored prediction of
-the mirrored input (ears swapped, image flipped): two forward passes.
+the mirrored input (ears swapped, image flipped): two forward passes. ``by_depth`` in
+``metrics.json`` breaks the errors down by ground-truth depth range (``--depth_ranges``), pooled
+over pixels: where a model is accurate, near or far.
 
     python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
     python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
@@ -22,13 +24,13 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from datasets.recipes import RECIPES
-from datasets.sample import META
+from datasets.sample import DEPTH, META
 from training import cli
 from training.checkpoint import (
     BEST_CHECKPOINT, EVALUATION_PREFIX, METRICS_FILE, PER_IMAGE_FILE, atomic_write,
@@ -39,11 +41,24 @@ from training.device import DistContext, resolve_device
 from training.engine import DepthTask, MirrorAveraged, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
-    BV2_MIN_05, METRIC_NAMES, MultiProtocolMetrics, format_protocol_table, protocol_for,
+    BV2_MIN_05, METRIC_NAMES, DepthRangeErrors, MultiProtocolMetrics, format_protocol_table,
+    protocol_for,
 )
 
 SPLITS = ("train", "val", "test")
 RUN_RECIPE = "run"
+DEFAULT_DEPTH_RANGES = (1.0, 2.0, 3.0, 5.0)
+
+
+def depth_range_edges(text: str) -> Tuple[float, ...]:
+    """argparse type of ``--depth_ranges``: comma-separated increasing positive metres."""
+    try:
+        edges = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected metres separated by commas, got {text!r}")
+    if any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
+        raise argparse.ArgumentTypeError(f"edges must be positive and increasing, got {text!r}")
+    return edges
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the mean of the prediction and the mirrored prediction of "
                              "the mirrored input (ears swapped, or image flipped): two forward "
                              "passes; the left-right symmetry --mirror_augment trains")
+    parser.add_argument("--depth_ranges", type=depth_range_edges,
+                        default=",".join(f"{e:g}" for e in DEFAULT_DEPTH_RANGES),
+                        help="edges in metres of the ground-truth depth ranges of by_depth "
+                             "(errors pooled over the pixels of each range)")
     return parser
 
 
@@ -99,6 +118,7 @@ def evaluate_checkpoint(
     valid_threshold: Optional[float] = None,
     ground_truth: str = RUN_RECIPE,
     mirror_average: bool = False,
+    depth_ranges: Sequence[float] = DEFAULT_DEPTH_RANGES,
 ) -> Dict[str, Any]:
     """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
 
@@ -112,6 +132,7 @@ def evaluate_checkpoint(
         valid_threshold: metres; pixels with gt above it are scored (``None``: the run's own).
         ground_truth: recipe whose depth rule makes the ground truth (``run``: the run's own).
         mirror_average: score :class:`training.engine.MirrorAveraged` predictions.
+        depth_ranges: edges (metres) of :class:`training.metrics.DepthRangeErrors`.
 
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
@@ -121,7 +142,8 @@ def evaluate_checkpoint(
         (:func:`training.identity.checkpoint_fingerprint`),
         ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one),
         ``data_fingerprint`` (the evaluated split's), ``ground_truth`` (the recipe name whose
-        depth rule was used) and ``mirror_average``.
+        depth rule was used), ``mirror_average`` and ``by_depth`` (the errors per ground-truth
+        depth range).
 
     Raises:
         DataError: unreadable checkpoint or data, or a checkpoint with non-finite weights.
@@ -146,10 +168,12 @@ def evaluate_checkpoint(
     # The run's own rule first (per_image.csv and the top-level numbers), then the gt >= 0.5 m
     # rule of recent BatVision V2 papers, so a table can sit beside published numbers.
     metrics = MultiProtocolMetrics((protocol_for(valid_threshold), BV2_MIN_05), device=torch_device)
+    by_depth = DepthRangeErrors(depth_ranges, device=torch_device)
     rows: List[Dict[str, Any]] = []
 
     def record(batch: Dict[str, Any], depth: torch.Tensor, scores: torch.Tensor,
                n_valid: torch.Tensor) -> None:
+        by_depth.update(depth, batch[DEPTH])
         meta = batch[META]
         for i in range(len(depth)):
             row: Dict[str, Any] = {
@@ -169,7 +193,7 @@ def evaluate_checkpoint(
         "checkpoint_fingerprint": checkpoint_fingerprint(saved),
         "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
         "data_fingerprint": data_set.data_fingerprint, "ground_truth": ground_truth,
-        "mirror_average": mirror_average,
+        "mirror_average": mirror_average, "by_depth": by_depth.compute(),
     }
     out = Path(out_dir) if out_dir is not None else path.parent / f"{EVALUATION_PREFIX}{split}"
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +217,14 @@ def format_table(result: Dict[str, Any]) -> str:
              f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv); ground truth "
              f"of the {result['ground_truth']} recipe"
              + ("; mirror-averaged predictions" if result["mirror_average"] else ""),
-             format_protocol_table(result["protocols"])]
+             format_protocol_table(result["protocols"]),
+             "by ground-truth depth (pixels pooled): range m, share, bias, mae, abs_rel, rmse"]
+    for row in result["by_depth"]:
+        span = f"{row['min_m']:g}-{'' if row['max_m'] is None else format(row['max_m'], 'g')}"
+        values = [row[k] for k in ("share", "bias", "mae", "abs_rel", "rmse")]
+        lines.append(f"  {span:<8}" + "".join(
+            "         -" if v is None else f"{v:>+10.3f}" if k == "bias" else f"{v:>10.3f}"
+            for k, v in zip(("share", "bias", "mae", "abs_rel", "rmse"), values)))
     return "\n".join(lines)
 
 
@@ -205,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
             args.num_workers, args.device, args.valid_threshold, args.ground_truth,
-            args.mirror_average)
+            args.mirror_average, args.depth_ranges)
     print(format_table(result))
     print(f"wrote {result['out_dir']}/metrics.json and per_image.csv")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.metrics import (BV2_MIN_05, METRIC_NAMES, OFFICIAL, PROTOCOLS, DepthMetrics,
-                              MultiProtocolMetrics, format_protocol_table, image_metrics,
+                              DepthRangeErrors, MultiProtocolMetrics, format_protocol_table, image_metrics,
                               resolve_protocol)
 
 
@@ -181,3 +181,23 @@ def test_protocol_table_has_a_column_per_protocol() -> None:
     # official: mean of the example image (0.5) and the 0.3 m image (|0.3 - 1| / 0.3)
     assert rows["abs_rel"] == [f"{(0.5 + 0.7 / 0.3) / 2:.4f}", "0.2500"]
     assert rows["n_images"] == ["2", "1"] and rows["n_skipped"] == ["0", "1"]
+
+
+def test_depth_range_errors_on_hand_computed_values() -> None:
+    ranges = DepthRangeErrors((1.0, 2.0))
+    gt = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 0.0]).view(1, 1, 2, 3)
+    error = torch.tensor([0.1, -0.2, 0.3, 0.0, -1.0, 5.0]).view(1, 1, 2, 3)   # hole ignored
+    ranges.update(gt + error, gt)
+    near, middle, far = ranges.compute()
+    assert (near["min_m"], near["max_m"], far["min_m"], far["max_m"]) == (0.0, 1.0, 2.0, None)
+    assert [r["share"] for r in (near, middle, far)] == pytest.approx([0.2, 0.4, 0.4])
+    assert middle["bias"] == pytest.approx(0.05) and middle["mae"] == pytest.approx(0.25)
+    assert middle["abs_rel"] == pytest.approx((0.2 / 1.0 + 0.3 / 1.5) / 2)
+    assert far["rmse"] == pytest.approx(math.sqrt(0.5))
+    assert DepthRangeErrors((1.0, 9.0)).compute()[0]["mae"] is None   # no pixel: no number
+
+
+@pytest.mark.parametrize("edges", [(0.0, 1.0), (2.0, 1.0), (1.0, 1.0)])
+def test_depth_range_edges_must_be_positive_and_increasing(edges) -> None:
+    with pytest.raises(ValueError, match="positive and increasing"):
+        DepthRangeErrors(edges)

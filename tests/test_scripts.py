@@ -132,6 +132,10 @@ def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
     mirrored = json.loads((tmp_path / "mirrored" / "metrics.json").read_text())
     assert (own["mirror_average"], mirrored["mirror_average"]) == (False, True)
     assert mirrored["n_images"] == own["n_images"] and mirrored["rmse"] != own["rmse"]
+    by_depth = own["by_depth"]
+    assert [(r["min_m"], r["max_m"]) for r in by_depth] == [
+        (0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 5.0), (5.0, None)]
+    assert sum(r["share"] or 0.0 for r in by_depth) == pytest.approx(1.0)
 
     assert own["checkpoint_fingerprint"] == checkpoint_fingerprint(saved)
     assert own["identity_fingerprint"] == saved["identity"]["fingerprint"]
@@ -239,3 +243,13 @@ def test_missing_data_root_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == f"error: {missing}: dataset root not found\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("edges", ["1,x", "2,1", "0,1", "1,1"])
+def test_evaluate_refuses_bad_depth_ranges_in_one_line(
+        edges: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--checkpoint", "unused.pth", "--depth_ranges", edges])
+    assert error.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "--depth_ranges" in stderr

@@ -31,7 +31,7 @@ so summing that tensor over DDP ranks gives exactly the single-process result.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -226,6 +226,55 @@ class DepthMetrics:
             "averaging": "per image, then mean over images; images without a valid pixel skipped",
             "units": "metres",
         }
+
+
+class DepthRangeErrors:
+    """Errors by ground-truth depth range, pooled over the valid pixels (gt > 0) of a split: where
+    a model is accurate, near or far. Pixels, not images, are averaged (not a protocol of the
+    tables); sums in float64, so DDP ranks reduce exactly.
+
+    Args:
+        edges: increasing metres, e.g. ``(1, 2)``: ranges ``[0, 1)``, ``[1, 2)``, ``[2, inf)``.
+        device: where the sums live.
+    """
+
+    def __init__(self, edges: Sequence[float], device: "torch.device | str" = "cpu") -> None:
+        self.edges = tuple(float(e) for e in edges)
+        if any(e <= 0 for e in self.edges) or list(self.edges) != sorted(set(self.edges)):
+            raise ValueError(f"depth range edges must be positive and increasing, got {edges}")
+        self.boundaries = torch.tensor(self.edges, dtype=torch.float64, device=device)
+        # per range: pixels, sum(pred - gt), sum |pred - gt|, sum |pred - gt| / gt,
+        # sum (pred - gt)^2
+        self.sums = torch.zeros(len(self.edges) + 1, 5, dtype=torch.float64, device=device)
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Add a batch of (B, 1, H, W) predictions and ground truth in metres."""
+        valid = gt > 0
+        truth = gt[valid].double()
+        error = pred[valid].double() - truth
+        ranges = torch.bucketize(truth, self.boundaries, right=True)
+        values = torch.stack([torch.ones_like(error), error, error.abs(), error.abs() / truth,
+                              error.square()], dim=1)
+        self.sums.index_add_(0, ranges, values)
+
+    def all_reduce(self) -> None:
+        """Sum over every DDP rank (no-op without an initialised process group)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums, op=dist.ReduceOp.SUM)
+
+    def compute(self) -> List[Dict[str, Any]]:
+        """One dict per range: ``min_m``, ``max_m`` (``None``: unbounded), ``share`` of the valid
+        pixels, and over its pixels the mean ``bias`` (pred − gt) and ``mae`` in metres,
+        ``abs_rel`` and ``rmse`` (``None`` where the range has no pixel)."""
+        total = float(self.sums[:, 0].sum())
+        bounds = (0.0, *self.edges, None)
+        rows = []
+        for i, (pixels, *sums) in enumerate(self.sums.tolist()):
+            bias, mae, abs_rel, mse = (x / pixels if pixels else None for x in sums)
+            rows.append({"min_m": bounds[i], "max_m": bounds[i + 1],
+                         "share": pixels / total if total else None, "bias": bias, "mae": mae,
+                         "abs_rel": abs_rel, "rmse": None if mse is None else mse ** 0.5})
+        return rows
 
 
 class MultiProtocolMetrics(DepthMetrics):
