@@ -41,8 +41,8 @@ from training.device import DistContext, resolve_device
 from training.engine import DepthTask, MirrorAveraged, configure_cuda_kernels, validate
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
-    BV2_MIN_05, METRIC_NAMES, DepthRangeErrors, MultiProtocolMetrics, format_protocol_table,
-    protocol_for,
+    BV2_MIN_05, METRIC_NAMES, DepthRangeErrors, MultiProtocolMetrics, depth_range_edges,
+    format_protocol_table, protocol_for,
 )
 
 SPLITS = ("train", "val", "test")
@@ -50,15 +50,14 @@ RUN_RECIPE = "run"
 DEFAULT_DEPTH_RANGES = (1.0, 2.0, 3.0, 5.0)
 
 
-def depth_range_edges(text: str) -> Tuple[float, ...]:
-    """argparse type of ``--depth_ranges``: comma-separated increasing positive metres."""
+def depth_ranges_flag(text: str) -> Tuple[float, ...]:
+    """argparse type of ``--depth_ranges``: comma-separated increasing positive metres
+    (:func:`training.metrics.depth_range_edges`)."""
     try:
-        edges = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected metres separated by commas, got {text!r}")
-    if any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
-        raise argparse.ArgumentTypeError(f"edges must be positive and increasing, got {text!r}")
-    return edges
+        return depth_range_edges(text.split(","))
+    except ValueError:                            # a non-number, or bad edges
+        raise argparse.ArgumentTypeError(f"expected increasing positive metres separated by "
+                                         f"commas, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the mean of the prediction and the mirrored prediction of "
                              "the mirrored input (ears swapped, or image flipped): two forward "
                              "passes; the left-right symmetry --mirror_augment trains")
-    parser.add_argument("--depth_ranges", type=depth_range_edges,
+    parser.add_argument("--depth_ranges", type=depth_ranges_flag,
                         default=",".join(f"{e:g}" for e in DEFAULT_DEPTH_RANGES),
                         help="edges in metres of the ground-truth depth ranges of by_depth "
                              "(errors pooled over the pixels of each range)")
@@ -219,12 +218,13 @@ def format_table(result: Dict[str, Any]) -> str:
              + ("; mirror-averaged predictions" if result["mirror_average"] else ""),
              format_protocol_table(result["protocols"]),
              "by ground-truth depth (pixels pooled): range m, share, bias, mae, abs_rel, rmse"]
+    formats = {"share": "10.3f", "bias": "+10.3f", "mae": "10.3f", "abs_rel": "10.3f",
+               "rmse": "10.3f"}
     for row in result["by_depth"]:
         span = f"{row['min_m']:g}-{'' if row['max_m'] is None else format(row['max_m'], 'g')}"
-        values = [row[k] for k in ("share", "bias", "mae", "abs_rel", "rmse")]
         lines.append(f"  {span:<8}" + "".join(
-            "         -" if v is None else f"{v:>+10.3f}" if k == "bias" else f"{v:>10.3f}"
-            for k, v in zip(("share", "bias", "mae", "abs_rel", "rmse"), values)))
+            f"{'-':>10}" if row[key] is None else format(row[key], spec)
+            for key, spec in formats.items()))
     return "\n".join(lines)
 
 

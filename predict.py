@@ -12,8 +12,8 @@ camera image. A checkpoint whose weights are not all finite is refused.
     python predict.py --checkpoint checkpoints/teacher --image camera_3011.jpeg
 
 ``--mirror_average`` predicts the mean of the prediction and the mirrored prediction of the
-mirrored input (as ``evaluate.py --mirror_average``). Writes ``<name>_depth.npy`` (float32 (S, S), metres) and ``<name>_depth.png`` (colour bar in
-metres) to --out.
+mirrored input (as ``evaluate.py --mirror_average``). Writes ``<name>_depth.npy`` (float32
+(S, S), metres) and ``<name>_depth.png`` (colour bar in metres) to --out.
 """
 from __future__ import annotations
 

@@ -184,11 +184,17 @@ def configure_threads(spec: str, device: str = "auto") -> int:
     elif uses_cuda(device):
         return torch.get_num_threads()
     else:
-        load = busy_cores()
-        cap = min(TORCH_DEFAULT_THREADS, usable_cpus())
-        threads = cap if load is None else free_core_threads(*load, cap=cap)
+        threads = free_threads()
     torch.set_num_threads(threads)
     return threads
+
+
+def free_threads() -> int:
+    """Threads for the cores free now: :func:`busy_cores`, then :func:`free_core_threads`, at
+    most torch's default and the usable CPUs; that cap when no load is readable."""
+    load = busy_cores()
+    cap = min(TORCH_DEFAULT_THREADS, usable_cpus())
+    return cap if load is None else free_core_threads(*load, cap=cap)
 
 
 def threads_per_job(jobs: int, device: str = "auto") -> Optional[int]:
@@ -210,10 +216,7 @@ def threads_per_job(jobs: int, device: str = "auto") -> Optional[int]:
     """
     if jobs == 1 or uses_cuda(device) or _omp_num_threads() is not None:
         return None
-    load = busy_cores()
-    cap = min(TORCH_DEFAULT_THREADS, usable_cpus())
-    free = cap if load is None else free_core_threads(*load, cap=cap)
-    return max(1, free // jobs)
+    return max(1, free_threads() // jobs)
 
 
 def default_num_workers(device_name: str) -> int:

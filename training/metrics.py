@@ -228,6 +228,18 @@ class DepthMetrics:
         }
 
 
+def depth_range_edges(edges: Sequence[float]) -> Tuple[float, ...]:
+    """``edges`` as floats, checked positive and strictly increasing.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    checked = tuple(float(e) for e in edges)
+    if any(e <= 0 for e in checked) or list(checked) != sorted(set(checked)):
+        raise ValueError(f"depth range edges must be positive and increasing, got {edges}")
+    return checked
+
+
 class DepthRangeErrors:
     """Errors by ground-truth depth range, pooled over the valid pixels (gt > 0) of a split: where
     a model is accurate, near or far. Pixels, not images, are averaged (not a protocol of the
@@ -239,9 +251,7 @@ class DepthRangeErrors:
     """
 
     def __init__(self, edges: Sequence[float], device: "torch.device | str" = "cpu") -> None:
-        self.edges = tuple(float(e) for e in edges)
-        if any(e <= 0 for e in self.edges) or list(self.edges) != sorted(set(self.edges)):
-            raise ValueError(f"depth range edges must be positive and increasing, got {edges}")
+        self.edges = depth_range_edges(edges)
         self.boundaries = torch.tensor(self.edges, dtype=torch.float64, device=device)
         # per range: pixels, sum(pred - gt), sum |pred - gt|, sum |pred - gt| / gt,
         # sum (pred - gt)^2
