@@ -243,7 +243,8 @@ def depth_range_edges(edges: Sequence[float]) -> Tuple[float, ...]:
 class DepthRangeErrors:
     """Errors by ground-truth depth range, pooled over the valid pixels (gt > 0) of a split: where
     a model is accurate, near or far. Pixels, not images, are averaged (not a protocol of the
-    tables); sums in float64, so DDP ranks reduce exactly.
+    tables); sums in float64, so the millions of pixels of a split add without float32
+    round-off. One process fills it (``evaluate.py``), so it has no DDP reduction.
 
     Args:
         edges: increasing metres, e.g. ``(1, 2)``: ranges ``[0, 1)``, ``[1, 2)``, ``[2, inf)``.
@@ -266,11 +267,6 @@ class DepthRangeErrors:
         values = torch.stack([torch.ones_like(error), error, error.abs(), error.abs() / truth,
                               error.square()], dim=1)
         self.sums.index_add_(0, ranges, values)
-
-    def all_reduce(self) -> None:
-        """Sum over every DDP rank (no-op without an initialised process group)."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums, op=dist.ReduceOp.SUM)
 
     def compute(self) -> List[Dict[str, Any]]:
         """One dict per range: ``min_m``, ``max_m`` (``None``: unbounded), ``share`` of the valid
