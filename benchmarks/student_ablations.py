@@ -121,6 +121,8 @@ ROWS: Tuple[Row, ...] = (
         "kd.yaml, depth KD as squared error"),
     Row("kd_confidence", "levers", "kd", _config("kd") + ("--kd_schedule", "confidence"),
         "kd.yaml, depth KD weighted per pixel by the teacher's accuracy"),
+    Row("kd_gated", "levers", "kd", _config("kd") + ("--kd_schedule", "gated"),
+        "kd.yaml, depth KD only where the teacher beats the student"),
     Row("kd_attention", "levers", "kd",
         _config("kd") + FEATURES + ("--feature_matching", "attention"),
         "kd.yaml + attention transfer on d1..d4 (weight 0.5)"),

@@ -23,6 +23,7 @@ from training.distill import (
     feature_kd_loss,
     schedule_factor,
     teacher_confidence,
+    teacher_gate,
 )
 
 
@@ -90,7 +91,7 @@ def test_feature_kd_rejects_mismatched_shapes() -> None:
 
 
 def test_schedules_ramp_from_zero_to_one() -> None:
-    for schedule in ("constant", "confidence"):
+    for schedule in ("constant", "confidence", "gated"):
         assert schedule_factor(schedule, 0.0, ramp=10) == 1.0
     assert schedule_factor("linear", 0.0, ramp=10) == 0.0
     assert schedule_factor("linear", 5.0, ramp=10) == pytest.approx(0.5)
@@ -116,6 +117,29 @@ def test_confidence_trusts_an_exact_teacher_and_fills_holes_with_the_image_mean(
     assert torch.equal(teacher_confidence(teacher, no_gt, no_gt > 0), torch.ones_like(gt))
 
 
+def test_gate_keeps_the_pixels_where_the_teacher_beats_the_student() -> None:
+    gt = torch.tensor([[[[2.0, 4.0], [0.0, 3.0]]]])
+    valid = gt > 0
+    teacher = torch.tensor([[[[2.1, 5.0], [7.0, 3.5]]]])
+    student = torch.tensor([[[[2.5, 4.5], [1.0, 2.5]]]])  # worse, better, hole, tie
+    gate = teacher_gate(teacher, student, gt, valid)
+    assert gate.flatten().tolist() == pytest.approx([1.0, 0.0, 1.0 / 3, 0.0])
+    no_gt = torch.zeros_like(gt)
+    assert torch.equal(teacher_gate(teacher, student, no_gt, no_gt > 0), torch.ones_like(gt))
+
+
+def test_gated_depth_kd_is_zero_where_the_student_is_exact() -> None:
+    task = _task(depth_weight=1.0, schedule="gated").eval()
+    batch = _tiny_batch()
+    batch["depth"] = batch["depth"] + 1.0  # no holes: every pixel is checked
+    batch["valid"] = torch.ones_like(batch["valid"])
+    with torch.no_grad():
+        exact = task.kd_terms(batch["depth"], {}, batch)["kd_depth"]
+        off = task.kd_terms(batch["depth"] + 5.0, {}, batch)["kd_depth"]
+    assert exact.item() == 0.0
+    assert off.item() > 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # The distillation task and train_distillation.py
 
@@ -139,7 +163,7 @@ def _task(**kwargs) -> DistillationTask:
     return DistillationTask(student, teacher, 30.0, IMAGE, **kwargs)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "confidence"])
+@pytest.mark.parametrize("schedule", ["constant", "confidence", "gated"])
 def test_one_step_trains_student_and_adapters_and_leaves_the_teacher_alone(schedule: str) -> None:
     task = _task(depth_weight=1.0, feature_weight=0.5, feature_levels=["d2", "x3"],
                  schedule=schedule)

@@ -378,8 +378,10 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
                             "over channels; attention: attention transfer of spatial maps")
     group.add_argument("--kd_schedule", choices=SCHEDULES, default="constant",
                        help="KD weights: constant; ramped from 0 (linear, cosine) over "
-                            "--kd_ramp_epochs; or confidence (constant, depth KD weighted per "
-                            "pixel by the teacher's agreement with the ground truth)")
+                            "--kd_ramp_epochs; confidence (constant, depth KD weighted per "
+                            "pixel by the teacher's agreement with the ground truth); or gated "
+                            "(constant, depth KD only on pixels where the teacher is closer to "
+                            "the ground truth than the student)")
     group.add_argument("--kd_ramp_epochs", type=positive_float, default=5.0,
                        help="linear/cosine schedules: epochs until the KD weights reach full value")
     group.add_argument("--confidence_tau", type=positive_float, default=0.2,

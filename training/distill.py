@@ -19,7 +19,9 @@ Three ingredients, each usable on its own:
 * **Weight schedules** (:func:`schedule_factor`, :func:`teacher_confidence`): ``constant``,
   ``linear`` and ``cosine`` ramp the KD weights from 0 to their full value over a ramp length;
   ``confidence`` keeps the weight constant in time but weights each pixel of the depth KD by how
-  well the teacher agrees with the ground truth there.
+  well the teacher agrees with the ground truth there; ``gated`` (:func:`teacher_gate`) keeps
+  the depth KD only on the pixels where the teacher is closer to the ground truth than the
+  student is at that step.
 
 :class:`DistillationTask` combines them into the named loss terms the training engine
 optimises, with the frozen teacher of :func:`load_teacher`.
@@ -44,7 +46,7 @@ from training.identity import checkpoint_fingerprint
 
 MATCHINGS = ("mse", "cosine", "attention")
 DEPTH_KD_KINDS = ("l1", "l2")
-SCHEDULES = ("constant", "linear", "cosine", "confidence")
+SCHEDULES = ("constant", "linear", "cosine", "confidence", "gated")
 TEACHER_MODEL = RGBDepthModel.model_name
 
 
@@ -203,7 +205,8 @@ def schedule_factor(schedule: str, progress: float, ramp: float = 1.0) -> float:
     """Multiplier in [0, 1] applied to the KD weights at a point of training.
 
     Args:
-        schedule: one of :data:`SCHEDULES`. ``constant`` and ``confidence`` give 1 throughout;
+        schedule: one of :data:`SCHEDULES`. ``constant``, ``confidence`` and ``gated`` give 1
+            throughout;
             ``linear`` rises as ``progress / ramp``; ``cosine`` as
             ``(1 - cos(pi * progress / ramp)) / 2`` (slow start, slow finish); both stay at 1 once
             ``progress >= ramp``.
@@ -234,10 +237,7 @@ def teacher_confidence(
     """Per-pixel trust in the teacher, from how well it agrees with the ground truth.
 
     On valid pixels ``w = exp(-|t - gt| / (tau * gt))``: 1 where the teacher is exact, 1/e where
-    its relative error equals ``tau``. Where the ground truth is missing, the teacher cannot be
-    checked, so those pixels get the mean weight of the same image's valid pixels (a teacher that
-    is right on the rest of the image is trusted as much in its holes); an image without any valid
-    pixel gets weight 1 (pure distillation, as with the other schedules).
+    its relative error equals ``tau``. The holes are filled by :func:`fill_holes_with_image_mean`.
 
     Args:
         teacher_depth: (B, 1, H, W) in metres.
@@ -254,14 +254,57 @@ def teacher_confidence(
         valid = valid.bool()
         safe_gt = torch.where(valid, gt_depth, torch.ones_like(gt_depth))
         weight = torch.exp(-(teacher_depth - gt_depth).abs() / (tau * safe_gt))
-        weight = torch.where(valid, weight, torch.zeros_like(weight))
-        counts = valid.flatten(1).sum(dim=1)
-        image_mean = torch.where(
-            counts > 0,
-            weight.flatten(1).sum(dim=1) / counts.clamp(min=1),
-            torch.ones_like(counts, dtype=weight.dtype),
-        )
-        return torch.where(valid, weight, image_mean.view(-1, 1, 1, 1).expand_as(weight))
+        return fill_holes_with_image_mean(weight, valid)
+
+
+def teacher_gate(
+    teacher_depth: torch.Tensor,
+    student_depth: torch.Tensor,
+    gt_depth: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """1 on the valid pixels where the teacher is closer to the ground truth than the student.
+
+    Where the student is already as close or closer, pulling it towards the teacher can only move
+    it away from the ground truth, so those pixels get 0. The gate has no threshold to tune: it
+    follows the student as it learns. The holes are filled by :func:`fill_holes_with_image_mean`.
+
+    Args:
+        teacher_depth, student_depth: (B, 1, H, W) in metres (the student's is not differentiated
+            through).
+        gt_depth: (B, 1, H, W) in metres, 0 where invalid.
+        valid: (B, 1, H, W) bool mask of valid ground truth.
+
+    Returns:
+        (B, 1, H, W) weights in [0, 1], detached.
+    """
+    with torch.no_grad():
+        closer = (teacher_depth - gt_depth).abs() < (student_depth - gt_depth).abs()
+        return fill_holes_with_image_mean(closer.to(teacher_depth.dtype), valid.bool())
+
+
+def fill_holes_with_image_mean(weight: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``weight`` on valid pixels; elsewhere the mean weight of the same image's valid pixels.
+
+    Where the ground truth is missing the teacher cannot be checked, so a teacher trusted on the
+    rest of the image is trusted as much in its holes; an image without any valid pixel gets
+    weight 1 (pure distillation, as with the schedules that do not weight pixels).
+
+    Args:
+        weight: (B, 1, H, W) per-pixel weights, meaningful on valid pixels.
+        valid: (B, 1, H, W) bool mask of valid ground truth.
+
+    Returns:
+        (B, 1, H, W) weights.
+    """
+    weight = torch.where(valid, weight, torch.zeros_like(weight))
+    counts = valid.flatten(1).sum(dim=1)
+    image_mean = torch.where(
+        counts > 0,
+        weight.flatten(1).sum(dim=1) / counts.clamp(min=1),
+        torch.ones_like(counts, dtype=weight.dtype),
+    )
+    return torch.where(valid, weight, image_mean.view(-1, 1, 1, 1).expand_as(weight))
 
 
 def feature_channels(model: nn.Module, input_channels: int, image_size: int) -> Dict[str, int]:
@@ -324,7 +367,8 @@ class DistillationTask(DepthTask):
 
     * the supervised terms of :class:`training.engine.DepthTask` (masked, vs the ground truth);
     * ``kd_depth`` = λ_depth · s · :func:`depth_kd_loss` on every pixel, with the per-pixel
-      :func:`teacher_confidence` weights under the ``confidence`` schedule;
+      :func:`teacher_confidence` weights under the ``confidence`` schedule and the
+      :func:`teacher_gate` under ``gated``;
     * ``kd_<level>`` = λ_feat / L · s · :func:`feature_kd_loss` for each of the L distilled
       levels, so λ_feat weighs their mean and does not grow with the number of levels;
 
@@ -412,6 +456,9 @@ class DistillationTask(DepthTask):
             if self.schedule == "confidence":
                 weight = teacher_confidence(teacher_depth, batch[DEPTH], batch[VALID],
                                             self.confidence_tau)
+            elif self.schedule == "gated":
+                weight = teacher_gate(teacher_depth, student_depth.float(), batch[DEPTH],
+                                      batch[VALID])
             terms["kd_depth"] = self.depth_weight * factor * depth_kd_loss(
                 student_depth.float(), teacher_depth, self.max_depth, weight, self.depth_kd)
         if self.adapters is not None:
