@@ -117,6 +117,11 @@ KD_VARIANTS = (
                 "--kd_schedule", "confidence"), feature_kd=True),
     Experiment("kd_encoder_ablation", "ablation: audio + KD depth + features x1..x5", "kd", "kd",
                ("--lambda_depth", "1", "--feature_levels", "x1,x2,x3,x4,x5"), feature_kd=True),
+    # The depth KD only where the teacher beats the student (every depth-KD row above lost below
+    # 1.5 m, where the student beats its teacher), beside the encoder features of the row above.
+    Experiment("kd_gated", "audio + KD gated depth + features x1..x5", "kd", "kd",
+               ("--lambda_depth", "1", "--feature_levels", "x1,x2,x3,x4,x5",
+                "--kd_schedule", "gated"), feature_kd=True),
 )
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = QUICK_ROWS + KD_VARIANTS
