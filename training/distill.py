@@ -206,8 +206,7 @@ def schedule_factor(schedule: str, progress: float, ramp: float = 1.0) -> float:
 
     Args:
         schedule: one of :data:`SCHEDULES`. ``constant``, ``confidence`` and ``gated`` give 1
-            throughout;
-            ``linear`` rises as ``progress / ramp``; ``cosine`` as
+            throughout; ``linear`` rises as ``progress / ramp``; ``cosine`` as
             ``(1 - cos(pi * progress / ramp)) / 2`` (slow start, slow finish); both stay at 1 once
             ``progress >= ramp``.
         progress: how far training is, in the unit of ``ramp`` (epochs, steps, or a fraction).
@@ -265,8 +264,8 @@ def teacher_gate(
 ) -> torch.Tensor:
     """1 on the valid pixels where the teacher is closer to the ground truth than the student.
 
-    Where the student is already as close or closer, pulling it towards the teacher can only move
-    it away from the ground truth, so those pixels get 0. The gate has no threshold to tune: it
+    Where the student is already as close or closer, the teacher's depth is the worse answer of
+    the two, so those pixels get 0. The gate has no threshold to tune: it
     follows the student as it learns. The holes are filled by :func:`fill_holes_with_image_mean`.
 
     Args:
