@@ -265,8 +265,8 @@ def teacher_gate(
     """1 on the valid pixels where the teacher is closer to the ground truth than the student.
 
     Where the student is already as close or closer, the teacher's depth is the worse answer of
-    the two, so those pixels get 0. The gate has no threshold to tune: it
-    follows the student as it learns. The holes are filled by :func:`fill_holes_with_image_mean`.
+    the two, so those pixels get 0. The gate has no threshold to tune: it follows the student as
+    it learns. The holes are filled by :func:`fill_holes_with_image_mean`.
 
     Args:
         teacher_depth, student_depth: (B, 1, H, W) in metres (the student's is not differentiated
