@@ -29,23 +29,27 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader
 
+from common.argtypes import ArgumentParser, non_negative_float, positive_int
+from common.errors import user_errors
 from datasets.recipes import RECIPES
-from datasets.sample import DEPTH, META
-from training import cli
+from datasets.registry import DATASETS
+from datasets.sample import DEPTH, META, SPLITS
 from training.checkpoint import (
     BEST_CHECKPOINT, EVALUATION_PREFIX, METRICS_FILE, PER_IMAGE_FILE, atomic_write,
     load_checkpoint, load_model, write_json,
 )
-from training.data import DATASETS, MODEL_INPUTS, build_dataset, resolve_data_root
-from training.device import DistContext, resolve_device
-from training.engine import DepthTask, MirrorAveraged, configure_cuda_kernels, validate
+from training.cli import thread_count, worker_count
+from training.data import MODEL_INPUTS, build_dataset, resolve_data_root
+from training.device import DistContext, configure_cuda_kernels, resolve_device
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
     BV2_MIN_05, METRIC_NAMES, DepthRangeErrors, MultiProtocolMetrics, depth_range_edges,
     format_protocol_table, protocol_for,
 )
+from training.run import configure_cpu
+from training.tasks import DepthTask, MirrorAveraged
+from training.validation import validate
 
-SPLITS = ("train", "val", "test")
 RUN_RECIPE = "run"
 DEFAULT_DEPTH_RANGES = (1.0, 2.0, 3.0, 5.0)
 
@@ -61,7 +65,7 @@ def depth_ranges_flag(text: str) -> Tuple[float, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint file, or a run folder (its best_model.pth)")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to evaluate")
@@ -71,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="output folder; None: <checkpoint folder>/"
                              f"{EVALUATION_PREFIX}<split>")
-    parser.add_argument("--batch_size", type=cli.positive_int, default=16,
+    parser.add_argument("--batch_size", type=positive_int, default=16,
                         help="images per forward pass")
-    parser.add_argument("--num_workers", type=cli.worker_count, default="auto",
+    parser.add_argument("--num_workers", type=worker_count, default="auto",
                         help="DataLoader worker processes (auto: as the training scripts)")
-    parser.add_argument("--threads", type=cli.thread_count, default="auto",
+    parser.add_argument("--threads", type=thread_count, default="auto",
                         help="CPU threads for torch's kernels (auto: the idle cores, as the "
                              "training scripts)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available, else cpu), cpu, cuda")
-    parser.add_argument("--valid_threshold", type=cli.non_negative_float, default=None,
+    parser.add_argument("--valid_threshold", type=non_negative_float, default=None,
                         help="score pixels with ground truth > this (metres); None: the run's "
                              "own --valid_threshold, as during its validation")
     parser.add_argument("--ground_truth", choices=(RUN_RECIPE, *sorted(RECIPES)),
@@ -130,7 +134,7 @@ def evaluate_checkpoint(
         device: ``auto``, ``cpu``, ``cuda``...
         valid_threshold: metres; pixels with gt above it are scored (``None``: the run's own).
         ground_truth: recipe whose depth rule makes the ground truth (``run``: the run's own).
-        mirror_average: score :class:`training.engine.MirrorAveraged` predictions.
+        mirror_average: score :class:`training.tasks.MirrorAveraged` predictions.
         depth_ranges: edges (metres) of :class:`training.metrics.DepthRangeErrors`.
 
     Returns:
@@ -231,8 +235,8 @@ def format_table(result: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, evaluate, print the table."""
     args = build_parser().parse_args(argv)
-    with cli.user_errors():
-        cli.configure_cpu(args)
+    with user_errors():
+        configure_cpu(args)
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
             args.num_workers, args.device, args.valid_threshold, args.ground_truth,

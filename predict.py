@@ -24,20 +24,22 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from common.argtypes import ArgumentParser
+from common.errors import UsageError, user_errors
 from datasets.batvision import check_audio_length, read_camera, read_ear_pair, read_wav
 from datasets.recipes import get_recipe, rgb_tensor
+from datasets.registry import READERS
 from datasets.sample import RGB
-from training import cli
 from training.checkpoint import BEST_CHECKPOINT, load_checkpoint, load_model
-from training.data import MODEL_INPUTS, READERS
+from training.cli import thread_count
+from training.data import MODEL_INPUTS
 from training.device import configure_threads, resolve_device
-from training.engine import MirrorAveraged
-from training.errors import UsageError
+from training.tasks import MirrorAveraged
 from training.tracking import save_depth_picture
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(__doc__)
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint file, or a run folder (its best_model.pth)")
     parser.add_argument("--wav", default=None, help="V2 recording: 2-channel int32 44.1 kHz WAV")
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output file prefix; None: the input file's name")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda if available, else cpu), cpu, cuda")
-    parser.add_argument("--threads", type=cli.thread_count, default="auto",
+    parser.add_argument("--threads", type=thread_count, default="auto",
                         help="CPU threads for torch's kernels (auto: the idle cores, as the "
                              "training scripts)")
     parser.add_argument("--mirror_average", action="store_true",
@@ -95,7 +97,7 @@ def model_input(args: argparse.Namespace, saved_args: Dict[str, Any],
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, predict, write the depth ``.npy`` and picture."""
     args = build_parser().parse_args(argv)
-    with cli.user_errors():
+    with user_errors():
         path = Path(args.checkpoint)
         path = path / BEST_CHECKPOINT if path.is_dir() else path
         saved = load_checkpoint(path)

@@ -1,6 +1,6 @@
 """Train, evaluate and tabulate the experiment table of a preset, with its pictures.
 
-Presets (the rows, config files and sizes live in training/experiments.py):
+Presets (the rows, config files and sizes live in training/experiments/presets.py):
   quick     the README's main command: the simulated world on a CPU (64x64, <= 10 min);
             rows: RGB teacher, official BatVision U-Net, audio-only student, the recommended
             KD student (configs/synthetic/kd.yaml), and two depth priors.
@@ -31,7 +31,7 @@ checkpoint and test split.
     python run_experiments.py --preset standard
     python run_experiments.py --preset full --data_root /data/BatvisionV2
 """
-from training import experiments
+from training.experiments.main import main
 
 if __name__ == "__main__":
-    experiments.main(description=__doc__)
+    main(description=__doc__)

@@ -16,30 +16,28 @@ from typing import List, Optional
 from datasets.sample import AUDIO
 from models import build_model
 from training import cli
-from training.data import build_data, median_valid_depth
-from training.device import shutdown_distributed
-from training.engine import DepthTask, fit
+from training.data import build_data
+from training.engine import fit
+from training.run import Run, median_depth_of, run_main
+from training.tasks import DepthTask
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag of this script: the shared groups plus the audio models' flags."""
+    """Every flag of this script (the shared groups plus the audio models' flags)."""
     return cli.build_parser("student", __doc__)
+
+
+def train(run: Run) -> None:
+    """Build data and model (the student's head at the training median when asked), train."""
+    data = build_data(run.args, run.context, use_rgb=False)
+    model = build_model(run.model_name, **run.model_config(median_depth_of(data)))
+    fit(DepthTask(model, AUDIO, data.max_depth, run.args.criterion, run.args.smoothness_weight),
+        data, run)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, build data and model, train."""
-    try:
-        with cli.user_errors():
-            run = cli.start_run(build_parser(), argv)
-            data = build_data(run.args, run.context, use_rgb=False)
-            model = build_model(run.model_name, **run.model_config(
-                lambda: median_valid_depth(data.train_loader.dataset)))
-            task = DepthTask(model, AUDIO, data.max_depth, run.args.criterion,
-                             run.args.smoothness_weight)
-            fit(task, data, run)
-    finally:
-        # Every exit leaves the process group: gloo can abort at exit when it was never left.
-        shutdown_distributed()
+    run_main(build_parser(), argv, train)
 
 
 if __name__ == "__main__":

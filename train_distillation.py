@@ -21,50 +21,48 @@ from typing import List, Optional
 
 import torch
 
+from common.errors import UsageError
 from models import build_model
 from training import cli
-from training.data import build_data, median_valid_depth
-from training.device import shutdown_distributed
+from training.data import build_data
 from training.distill import DistillationTask, check_teacher_range, load_teacher
 from training.engine import fit
-from training.errors import UsageError
+from training.run import Run, median_depth_of, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every flag of this script: the shared groups, the student's flags and the KD flags."""
+    """Every flag of this script (the shared groups, the student's flags and the KD flags)."""
     return cli.build_parser("kd", __doc__)
+
+
+def train(run: Run) -> None:
+    """Load the teacher, build data and student, distil."""
+    args = run.args
+    if args.teacher_checkpoint is None:
+        raise UsageError("--teacher_checkpoint is required for a new distillation run")
+    # Checked before the data is built (which may generate a world or a cache), except for the
+    # depth range, which the data resolves. Building the teacher must not draw from the seeded
+    # generator: with the same --seed the student starts from exactly the weights of the
+    # audio-only student, so a KD row differs from it by the KD alone.
+    with torch.random.fork_rng(devices=[]):
+        teacher = load_teacher(args.teacher_checkpoint, args.image_size)
+    data = build_data(args, run.context, use_rgb=True)
+    check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
+    student = build_model(run.model_name, **run.model_config(median_depth_of(data)))
+    task = DistillationTask(
+        student, teacher, data.max_depth, args.image_size, criterion=args.criterion,
+        smoothness_weight=args.smoothness_weight, depth_weight=args.lambda_depth,
+        feature_weight=args.lambda_feat, feature_levels=args.feature_levels,
+        matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
+        ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
+        confidence_tau=args.confidence_tau)
+    task.step = run.checkpoint["global_step"] if run.checkpoint else 0
+    fit(task, data, run)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, load the teacher, build data and student, distil."""
-    try:
-        with cli.user_errors():
-            run = cli.start_run(build_parser(), argv)
-            args = run.args
-            if args.teacher_checkpoint is None:
-                raise UsageError("--teacher_checkpoint is required for a new distillation run")
-            # Checked before the data is built (which may generate a world or a cache), except for
-            # the depth range, which the data resolves. Building the teacher must not draw from
-            # the seeded generator: with the same --seed the student starts from exactly the
-            # weights of the audio-only student, so a KD row differs from it by the KD alone.
-            with torch.random.fork_rng(devices=[]):
-                teacher = load_teacher(args.teacher_checkpoint, args.image_size)
-            data = build_data(args, run.context, use_rgb=True)
-            check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
-            student = build_model(run.model_name, **run.model_config(
-                lambda: median_valid_depth(data.train_loader.dataset)))
-            task = DistillationTask(
-                student, teacher, data.max_depth, args.image_size, criterion=args.criterion,
-                smoothness_weight=args.smoothness_weight, depth_weight=args.lambda_depth,
-                feature_weight=args.lambda_feat, feature_levels=args.feature_levels,
-                matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
-                ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
-                confidence_tau=args.confidence_tau)
-            task.step = run.checkpoint["global_step"] if run.checkpoint else 0
-            fit(task, data, run)
-    finally:
-        # Every exit leaves the process group: gloo can abort at exit when it was never left.
-        shutdown_distributed()
+    run_main(build_parser(), argv, train)
 
 
 if __name__ == "__main__":

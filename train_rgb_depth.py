@@ -17,8 +17,9 @@ from datasets.sample import RGB
 from models import build_model
 from training import cli
 from training.data import build_data
-from training.device import shutdown_distributed
-from training.engine import DepthTask, fit
+from training.engine import fit
+from training.run import Run, run_main
+from training.tasks import DepthTask
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,19 +27,17 @@ def build_parser() -> argparse.ArgumentParser:
     return cli.build_parser("teacher", __doc__)
 
 
+def train(run: Run) -> None:
+    """Build data and model for the started run, train."""
+    data = build_data(run.args, run.context, use_rgb=True)
+    model = build_model(run.model_name, **run.model_config())
+    fit(DepthTask(model, RGB, data.max_depth, run.args.criterion, run.args.smoothness_weight),
+        data, run)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Parse ``argv``, build data and model, train."""
-    try:
-        with cli.user_errors():
-            run = cli.start_run(build_parser(), argv)
-            data = build_data(run.args, run.context, use_rgb=True)
-            model = build_model(run.model_name, **run.model_config())
-            task = DepthTask(model, RGB, data.max_depth, run.args.criterion,
-                             run.args.smoothness_weight)
-            fit(task, data, run)
-    finally:
-        # Every exit leaves the process group: gloo can abort at exit when it was never left.
-        shutdown_distributed()
+    run_main(build_parser(), argv, train)
 
 
 if __name__ == "__main__":

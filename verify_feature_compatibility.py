@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from models import FEATURE_KEYS, create_binaural_attention_model, create_rgb_depth_model
-from models.binaural_attention_model import DECODERS, INPUT_FEATURES
+from models.binaural_attention_model import DECODERS, INPUT_FEATURES, check_attention_levels
 
 
 def parse_levels(text: str) -> Tuple[int, ...]:
@@ -29,8 +29,10 @@ def parse_levels(text: str) -> Tuple[int, ...]:
         levels = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if len(set(levels)) != len(levels) or any(not 1 <= level <= 5 for level in levels):
-        raise argparse.ArgumentTypeError(f"levels must be distinct, in 1..5, got {text!r}")
+    try:
+        check_attention_levels(levels)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return levels
 
 

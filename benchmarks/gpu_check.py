@@ -57,13 +57,14 @@ from torch import nn  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from benchmarks.model_cost import AMP_DTYPES, MODELS  # noqa: E402
+from common.argtypes import positive_int  # noqa: E402
 from datasets.sample import DEPTH, VALID  # noqa: E402
 from models import build_model  # noqa: E402
 from training import cli  # noqa: E402
 from training.checkpoint import write_json  # noqa: E402
 from training.data import MODEL_INPUTS  # noqa: E402
 from training.device import resolve_device  # noqa: E402
-from training.engine import TOTAL, DepthTask  # noqa: E402
+from training.tasks import TOTAL, DepthTask  # noqa: E402
 
 GOAL_SAMPLES_PER_S = 900.0
 COMPILE_CHOICES = ("both", "without", "only")
@@ -131,7 +132,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "(with and without), without (leave them out), only (just them)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="sections to run, e.g. to split the check around other work")
-    parser.add_argument("--student_base_channels", type=cli.positive_int, default=None,
+    parser.add_argument("--student_base_channels", type=positive_int, default=None,
                         help="the student's width (default: the teacher's, 64; dry mode 4)")
     parser.add_argument("--student_attention_levels", type=cli.attention_levels,
                         default=[3, 4, 5],

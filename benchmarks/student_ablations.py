@@ -40,8 +40,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training import cli, experiments  # noqa: E402
+from common.argtypes import positive_int  # noqa: E402
+from common.errors import user_errors  # noqa: E402
 from training.checkpoint import BEST_CHECKPOINT  # noqa: E402
+from training.cli import image_size  # noqa: E402
+from training.experiments import runs  # noqa: E402
 
 CONFIGS = "configs/synthetic"
 STUDENT = ("--model", "binaural_attention", "--base_channels", "8", "--attention_levels", "4,5")
@@ -139,10 +142,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--group", choices=GROUPS, default="levers", help="which rows")
     parser.add_argument("--rows", default=None,
                         help="comma-separated subset of the group's rows (default: all)")
-    parser.add_argument("--image_size", type=cli.image_size, default=64,
+    parser.add_argument("--image_size", type=image_size, default=64,
                         help="input side, pixels")
-    parser.add_argument("--epochs", type=cli.positive_int, default=10, help="epochs per run")
-    parser.add_argument("--seeds", type=cli.positive_int, default=3,
+    parser.add_argument("--epochs", type=positive_int, default=10, help="epochs per run")
+    parser.add_argument("--seeds", type=positive_int, default=3,
                         help="training seeds 0..N-1 per row")
     return parser.parse_args(argv)
 
@@ -162,10 +165,9 @@ def run_argv(row: Row, seed: int, args: argparse.Namespace) -> List[str]:
 
 def bring_up_to_date(row: Row, seed: int, args: argparse.Namespace) -> Path:
     """Reuse, resume or train one run of ``row`` as ``run_experiments.py`` does
-    (:func:`training.experiments.bring_up_to_date`); returns its folder."""
+    (:func:`training.experiments.runs.bring_up_to_date`); returns its folder."""
     run_dir = Path(args.out) / f"{row.name}_s{seed}"
-    experiments.bring_up_to_date(row.kind, run_argv(row, seed, args), run_dir,
-                                 experiments.run_script)
+    runs.bring_up_to_date(row.kind, run_argv(row, seed, args), run_dir, runs.run_script)
     return run_dir
 
 
@@ -193,7 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[float]]:
     table = []
     for row in rows:
         seeds = row.seeds or tuple(range(args.seeds))
-        with cli.user_errors():  # a failed run or a bad file: one line
+        with user_errors():  # a failed run or a bad file: one line
             figures = [summary(bring_up_to_date(row, seed, args)) for seed in seeds]
         results[row.name] = [best for best, _, _ in figures]
         table.append((row, results[row.name], statistics.fmean(last for _, last, _ in figures),

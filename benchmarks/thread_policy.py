@@ -109,9 +109,10 @@ def run_worker(job: Dict[str, Any]) -> Dict[str, Any]:
     from datasets.sample import AUDIO, DEPTH, VALID
     from models import build_model
     from training import cli
-    from training.data import build_data
+    from training.data import build_data, to_device
     from training.device import TORCH_DEFAULT_THREADS, DistContext, configure_threads
-    from training.engine import TOTAL, DepthTask, to_device
+    from training.run import model_config
+    from training.tasks import TOTAL, DepthTask
 
     threads = configure_threads(job["threads"], "cpu")
     args = cli.build_parser("student", None).parse_args(
@@ -125,7 +126,7 @@ def run_worker(job: Dict[str, Any]) -> Dict[str, Any]:
         depth = args.max_depth * torch.rand(batch_size, 1, size, size)
         batch = {AUDIO: torch.rand(batch_size, 2, size, size), DEPTH: depth, VALID: depth > 0}
         epochs = [[batch] * job["warmup"], [batch] * job["steps"]]
-    model = build_model(cli.model_name_of(args), **cli.model_config(args))
+    model = build_model(cli.model_name_of(args), **model_config(args))
     task = DepthTask(model, AUDIO, args.max_depth).train()
     optimizer = torch.optim.AdamW(task.parameters(), lr=1e-3)
     seconds, steps = 0.0, 0

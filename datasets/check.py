@@ -24,14 +24,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
+from common.argtypes import ArgumentParser, positive_float, positive_int
+from common.errors import user_errors
 from datasets.batvision import _BatvisionDataset, check_labels
 from datasets.errors import DataError
 from datasets.recipes import RECIPES
+from datasets.registry import READERS, resolve_dataset
+from datasets.sample import SPLITS
 
 # Tensors are made at this size: the point is reading every file, and a small S keeps the
 # recipe's resizes cheap (its STFT and audio-length rule do not depend on S).
 CHECK_IMAGE_SIZE = 64
-SPLITS = ("train", "val", "test")
 Problem = Tuple[str, str]   # (file, problem)
 
 _DATASET: Optional[_BatvisionDataset] = None
@@ -39,8 +42,6 @@ _DATASET: Optional[_BatvisionDataset] = None
 
 def build_parser() -> argparse.ArgumentParser:
     """The validator's flags (one-line argparse errors, exit 2, as every script of the project)."""
-    from training.cli import ArgumentParser, positive_float, positive_int
-
     parser = ArgumentParser(__doc__)
     parser.prog = "python -m datasets.check"
     parser.add_argument("--dataset", choices=("auto", "batvisionv1", "batvisionv2"),
@@ -130,9 +131,6 @@ def check_split(dataset: _BatvisionDataset, workers: int, progress: bool = True
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, check every split, print the problems and a summary; the exit status."""
-    from training.cli import user_errors
-    from training.data import READERS, resolve_dataset
-
     parser = build_parser()
     args = parser.parse_args(argv)
     splits = [s for s in args.splits.split(",") if s]

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
+from common.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Bad data on disk. The message is one line that names the file and the problem.
 
     It survives a DataLoader worker: torch re-raises a worker's exception in the main process as

@@ -28,6 +28,8 @@ DEPTH = "depth"
 VALID = "valid"
 RGB = "rgb"
 META = "meta"
+# A dataset's splits, each one CSV per location (V2) or per dataset (V1).
+SPLITS = ("train", "val", "test")
 
 
 class Sample(TypedDict, total=False):

@@ -35,13 +35,15 @@ Options, each off by default so old configs rebuild the same network:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from models.attention import DEFAULT_GLOBAL_TOKEN_LIMIT, EarCrossAttention
-from models.blocks import ENCODER_KEYS, DepthHead, UNetDecoder, UNetEncoder, check_input
+from models.blocks import (
+    ENCODER_KEYS, DepthHead, UNetDecoder, UNetEncoder, check_input, encoder_channels,
+)
 from models.query_decoder import ImageQueryDecoder
 from models.rgb_depth_model import DEFAULT_MAX_DEPTH
 
@@ -50,6 +52,34 @@ DECODERS: Tuple[str, ...] = ("unet", "query")
 INPUT_FEATURES: Tuple[str, ...] = ("magnitude", "ild", "ild_ipd")
 # Input channels (B, C, F, T) and each ear encoder's channels, per input_features.
 INPUT_CHANNELS = {"magnitude": (2, 1), "ild": (2, 2), "ild_ipd": (4, 4)}
+
+
+def check_attention_levels(levels: Sequence[int], base_channels: Optional[int] = None,
+                           num_heads: Optional[int] = None, bilinear: bool = True) -> List[int]:
+    """The attended encoder levels, sorted, after checking them: distinct, in 1..5 and, given
+    ``base_channels`` and ``num_heads``, each attended level's width divisible by 4 and by the
+    number of heads (what :class:`models.attention.EarCrossAttention` needs).
+
+    Args:
+        levels: encoder levels (1..5) with ear-to-ear cross-attention.
+        base_channels: the model's first-level width, or ``None`` to skip the width check.
+        num_heads: attention heads per level, or ``None`` to skip the width check.
+        bilinear: as for :func:`models.blocks.encoder_channels`.
+
+    Raises:
+        ValueError: one line saying which level is wrong and why.
+    """
+    ordered = sorted(int(level) for level in levels)
+    if len(set(ordered)) != len(ordered) or any(not 1 <= level <= 5 for level in ordered):
+        raise ValueError(f"attention_levels must be distinct levels in 1..5, got {list(levels)}")
+    if base_channels is not None and num_heads is not None:
+        widths = encoder_channels(base_channels, bilinear)
+        for level in ordered:
+            width = widths[level - 1]
+            if width % num_heads or width % 4:
+                raise ValueError(f"attended level {level} has {width} channels, which must "
+                                 f"divide by 4 and by the number of heads ({num_heads})")
+    return ordered
 
 
 def _ear_fusion(channels: int) -> nn.Module:
@@ -101,11 +131,7 @@ class BinauralAttentionModel(nn.Module):
         head_init_depth: Optional[float] = None,
     ) -> None:
         super().__init__()
-        levels = sorted(int(level) for level in attention_levels)
-        if len(set(levels)) != len(levels) or any(not 1 <= level <= 5 for level in levels):
-            raise ValueError(
-                f"attention_levels must be distinct levels in 1..5, got {list(attention_levels)}"
-            )
+        levels = check_attention_levels(attention_levels, base_channels, num_heads, bilinear)
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if input_features not in INPUT_FEATURES:

@@ -22,7 +22,7 @@ Both the RGB teacher and the binaural student decode with one :class:`UNetDecode
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,6 +35,20 @@ SIZE_MULTIPLE = 16
 # DepthHead(init_depth=...) weights: small enough that decoder features of order 1 move the first
 # predictions by about 1 % of the depth or less, non-zero so the decoder gets gradient at step one.
 HEAD_INIT_WEIGHT_STD = 1e-3
+
+
+def check_feature_levels(levels: Sequence[str]) -> None:
+    """Check feature level names (``return_features=True`` keys).
+
+    Raises:
+        ValueError: no level, or one that is not one of ``x1..x5, d1..d4`` (named).
+    """
+    if not levels:
+        raise ValueError(f"no feature level given; choose from {', '.join(FEATURE_KEYS)}")
+    for level in levels:
+        if level not in FEATURE_KEYS:
+            raise ValueError(f"unknown feature level {level!r}; "
+                             f"choose from {', '.join(FEATURE_KEYS)}")
 
 
 def check_input(x: torch.Tensor, channels: int, multiple: int = SIZE_MULTIPLE) -> None:

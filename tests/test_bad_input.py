@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader
 
 from datasets import BatvisionV1Dataset, BatvisionV2Dataset, DataError, batvision
 from datasets.batvision import check_labels
-from training.data import detect_dataset, resolve_data_root, resolve_dataset
+from common.errors import UsageError
+from datasets.registry import detect_dataset, resolve_dataset
+from training.data import resolve_data_root
 from training.device import DistContext
-from training.errors import UsageError
 
 SIZE = 32
 

@@ -10,9 +10,10 @@ from typing import List
 import pytest
 import torch
 
+from common.errors import UsageError
 from training import cli
 from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE
-from training.errors import UsageError
+from training.run import start_run, write_resolved_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,11 +29,11 @@ def parse(kind: str, argv: List[str]) -> argparse.Namespace:
     (["--num_workers", "-1"], "--num_workers: must be >= 0"),
     (["--learning_rate", "-1"], "--learning_rate: must be > 0"),
     (["--learning_rate", "nan"], "--learning_rate: must be finite"),
-    (["--attention_levels", "9"], "--attention_levels: expected distinct levels in 1..5"),
-    (["--attention_levels", "4,4"], "--attention_levels: expected distinct levels in 1..5"),
+    (["--attention_levels", "9"], "--attention_levels: attention_levels must be distinct levels in 1..5"),
+    (["--attention_levels", "4,4"], "--attention_levels: attention_levels must be distinct levels in 1..5"),
     (["--image_size", "40"], "--image_size: must be divisible by 16"),
-    (["--batch_size", "0"], "--batch_size: must be at least 1"),
-    (["--threads", "0"], "--threads: must be at least 1"),
+    (["--batch_size", "0"], "--batch_size: must be >= 1"),
+    (["--threads", "0"], "--threads: must be >= 1"),
 ])
 def test_out_of_range_flags_are_one_line_parse_errors(
         argv: List[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,12 +63,12 @@ def test_the_phase_input_and_the_student_that_reads_it_go_together(
         argv: List[str], capsys: pytest.CaptureFixture[str]) -> None:
     parser = cli.build_parser("student", None)
     with pytest.raises(SystemExit) as exit_info:
-        cli._check_model_flags(parser, parser.parse_args(argv))
+        cli.check_model_flags(parser, parser.parse_args(argv))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("--audio_format spectrogram_ipd and the student's "
                                       "--input_features ild_ipd go together") in err
-    cli._check_model_flags(parser, parser.parse_args(
+    cli.check_model_flags(parser, parser.parse_args(
         ["--audio_format", "spectrogram_ipd", "--input_features", "ild_ipd"]))
 
 
@@ -109,7 +110,7 @@ def test_resolved_config_repeats_the_run(tmp_path: Path) -> None:
                         "0.05", "--feature_levels", "d1,x3", "--mirror_augment",
                         "--max_depth", "15", "--teacher_checkpoint", "t.pth"])
     path = tmp_path / RESOLVED_CONFIG_FILE
-    cli.write_resolved_config(path, args)
+    write_resolved_config(path, args)
     again = parse("kd", ["--config", str(path)])
     expected = {k: v for k, v in vars(args).items() if k != "config"}
     assert {k: v for k, v in vars(again).items() if k != "config"} == expected
@@ -127,7 +128,7 @@ def test_resuming_a_run_of_another_kind_stops(tmp_path: Path, saved_kind: str,
     run_dir = tmp_path / "run"
     _fake_checkpoint(run_dir / LAST_CHECKPOINT, saved_kind, "binaural_attention")
     with pytest.raises(UsageError, match=f"a {cli.KIND_SCRIPTS[saved_kind]} run; resume it"):
-        cli.start_run(cli.build_parser(script_kind, None), ["--resume", str(run_dir)])
+        start_run(cli.build_parser(script_kind, None), ["--resume", str(run_dir)])
 
 
 def test_every_flag_has_help() -> None:

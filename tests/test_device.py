@@ -9,12 +9,12 @@ from typing import Iterator
 import pytest
 import torch
 
+from common.errors import UsageError
 from training import device
 from training.device import (
     busy_cores, configure_threads, default_num_workers, free_core_threads, threads_per_job,
     usable_cpus,
 )
-from training.errors import UsageError
 
 
 @pytest.fixture(autouse=True)

@@ -23,17 +23,18 @@ import train_rgb_depth
 from datasets.cache import CACHE_FORMAT_VERSION
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from models import build_model
+from common.errors import UsageError
 from training import cli, losses
 from training.checkpoint import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, RUN_LOCK, load_checkpoint, non_finite_tensors,
     run_folder_lock,
 )
 from training.data import build_data, mirror, mirror_batch
-from training.engine import (
-    DepthTask, MirrorAveraged, Trainer, amp_dtype, check_device_flags, configure_cuda_kernels,
-    fit, lr_factor, with_total,
-)
-from training.errors import UsageError
+from training.device import amp_dtype, check_device_flags, configure_cuda_kernels
+from training.engine import Trainer, fit
+from training.optim import lr_factor
+from training.run import Run, start_run
+from training.tasks import DepthTask, MirrorAveraged, with_total
 from training.tracking import Tracker
 
 COUNTS = {"train": 4, "val": 2, "test": 1}  # per location; 2 locations
@@ -387,7 +388,7 @@ def test_plug_in_task_trains_extras_and_leaves_frozen_modules_alone(
         data_root: Path, tmp_path: Path) -> None:
     parser = cli.build_parser("teacher", None)
     argv = train_argv(data_root, tmp_path, "probe", "--nb_epochs", "1")
-    run = cli.start_run(parser, argv)
+    run = start_run(parser, argv)
     data = build_data(run.args, run.context, use_rgb=True)
     model = build_model("rgb_depth", base_channels=4, max_depth=data.max_depth)
     task = ProbeTask(model, data.max_depth)
@@ -482,9 +483,9 @@ def test_fp16_loss_scaling_on_cpu_skips_steps_with_infinite_gradients(
     assert saved["history"][0]["train"]["l1"] > 0  # the loss itself was finite
 
 
-def _task_for(argv: List[str]) -> Tuple[cli.Run, Any, DepthTask]:
+def _task_for(argv: List[str]) -> Tuple[Run, Any, DepthTask]:
     """What train_rgb_depth.main builds before fitting: (run, data, task)."""
-    run = cli.start_run(cli.build_parser("teacher", None), argv)
+    run = start_run(cli.build_parser("teacher", None), argv)
     data = build_data(run.args, run.context, use_rgb=True)
     return run, data, DepthTask(build_model("rgb_depth", **run.model_config()), RGB, data.max_depth)
 
@@ -509,7 +510,7 @@ def test_the_ema_is_validated_saved_and_evaluated_and_averages_the_model_only(
     are saved as trained."""
     argv = train_argv(data_root, tmp_path, "ema", "--nb_epochs", "1", "--ema_decay", "0.5",
                       "--learning_rate", "0.01")
-    run = cli.start_run(cli.build_parser("teacher", None), argv)
+    run = start_run(cli.build_parser("teacher", None), argv)
     data = build_data(run.args, run.context, use_rgb=True)
     task = ProbeTask(build_model("rgb_depth", **run.model_config()), data.max_depth)
     weights = [_copy(task.model.state_dict())]

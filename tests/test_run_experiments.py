@@ -1,4 +1,4 @@
-"""The experiment table (training/experiments.py): priors, summaries, goal arithmetic, the
+"""The experiment table (training/experiments/): priors, summaries, goal arithmetic, the
 reuse decision, and end to end on a tiny world: runs reused only on a matching identity, and a
 standard-shaped smoke run."""
 from __future__ import annotations
@@ -15,13 +15,18 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pytest
 import torch
 
-from training import device, experiments
+from common.errors import UsageError
+from training import device
 from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
-from training.experiments import (
-    AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, RESUME, RETRAIN, REUSE, NEW, decide, depth_priors,
-    evaluate_prior, goal_lines, summarise,
-)
 from training.errors import TrainingError
+from training.experiments import presets, runs
+from training.experiments.main import build_parser, main, make_setup
+from training.experiments.presets import (
+    AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, TEACHER, is_audio_row, is_kd_row,
+)
+from training.experiments.report import goal_lines
+from training.experiments.runs import NEW, RESUME, RETRAIN, REUSE, decide
+from training.experiments.scoring import depth_priors, evaluate_prior, summarise
 from training.metrics import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +143,18 @@ def test_standard_goal_lines_on_hand_made_numbers() -> None:
         "- KD gain larger than 2 x the seed spread: not measurable with one seed (gain 0.100 m).")
 
 
+def test_what_a_row_is_comes_from_its_role_not_its_script() -> None:
+    variants = [e.name for e in presets.KD_VARIANTS]
+    names = [e.name for e in presets.STANDARD_ROWS]
+    assert [name for name in names if is_audio_row(name)] == [AUDIO_ONLY, "kd", *variants]
+    assert [name for name in names if is_kd_row(name)] == ["kd", *variants]
+    # The student's script trains the official U-Net, but it is the reference, not ours.
+    assert presets.OFFICIAL_ROW.kind == "student" and presets.OFFICIAL_ROW.role == "baseline"
+    assert not any(is_audio_row(name) or is_kd_row(name) for name in REFERENCES)
+    with pytest.raises(ValueError, match="role must be one of"):
+        presets.Experiment("x", "x", "student", "ours", "student")
+
+
 def _write_checkpoint(run_dir: Path, identity: "dict | None", epoch: int, nb_epochs: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = {"format_version": FORMAT_VERSION, "model_name": "rgb_depth", "model_config": {},
@@ -207,8 +224,8 @@ class InProcess:
 
 def _run(argv: List[str], monkeypatch: pytest.MonkeyPatch) -> InProcess:
     launcher = InProcess()
-    monkeypatch.setattr(experiments, "run_script", launcher)
-    experiments.main(argv)
+    monkeypatch.setattr(runs, "run_script", launcher)
+    main(argv)
     return launcher
 
 
@@ -253,9 +270,9 @@ def test_runs_are_reused_only_while_their_identity_matches(
 
     # Another image size with --on_mismatch stop: one line naming the difference, no training.
     launcher = InProcess()
-    monkeypatch.setattr(experiments, "run_script", launcher)
+    monkeypatch.setattr(runs, "run_script", launcher)
     with pytest.raises(SystemExit) as stopped:
-        experiments.main(argv + ["--teacher_epochs", "2", "--synthetic_samples", "10",
+        main(argv + ["--teacher_epochs", "2", "--synthetic_samples", "10",
                                  "--image_size", "16", "--on_mismatch", "stop"])
     message = str(stopped.value)
     assert message.startswith("error: ") and "\n" not in message
@@ -269,8 +286,8 @@ def test_a_run_cut_short_is_resumed_and_its_evaluation_redone(
     argv = _tiny_argv(tmp_path, "--preset", "quick", "--experiments", "rgb_teacher",
                       "--teacher_epochs", "2")
     launcher = InProcess()
-    setup = experiments.make_setup(experiments.build_parser(None).parse_args(argv), launcher)
-    spec = experiments.run_spec(setup.preset.experiments[0], 0, setup)
+    setup = make_setup(build_parser(None).parse_args(argv), launcher)
+    spec = runs.run_spec(setup.preset.experiments[0], 0, setup)
     # Stopped after one of its two epochs, as if killed (an operational flag: same identity).
     launcher(spec.script, [*spec.argv, "--stop_after_epochs", "1"])
 
@@ -284,7 +301,7 @@ def test_a_run_cut_short_is_resumed_and_its_evaluation_redone(
 def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pictures(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     launcher = _run(_tiny_argv(tmp_path, "--preset", "standard", "--seeds", "1"), monkeypatch)
-    names = [e.name for e in experiments.PRESETS["standard"].experiments]
+    names = [e.name for e in presets.PRESETS["standard"].experiments]
     assert launcher.trained() == names and launcher.evaluated() == names
     # Every kind of row recorded the identity the runner computed for it.
     assert "warning" not in capsys.readouterr().out
@@ -316,34 +333,34 @@ def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pict
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("preset", sorted(experiments.PRESETS))
+@pytest.mark.parametrize("preset", sorted(presets.PRESETS))
 def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         preset: str, tmp_path: Path) -> None:
-    chosen = experiments.PRESETS[preset]
+    chosen = presets.PRESETS[preset]
     config_dir = REPO / chosen.config_dir
     missing = [e.config for e in chosen.experiments
                if not (config_dir / f"{e.config}.yaml").is_file()]
     if missing:
         pytest.skip(f"{config_dir}: no {', '.join(sorted(set(missing)))}.yaml yet")
-    setup = experiments.Setup(
+    setup = runs.Setup(
         preset=chosen, config_dir=config_dir, data_root=str(tmp_path), cache_dir=tmp_path,
         device="cpu", runs_dir=tmp_path, on_mismatch="retrain", launch=InProcess())
     for experiment in chosen.experiments:
-        _, args = experiments.parse_run_args(experiments.run_spec(experiment, 0, setup))
+        spec = runs.run_spec(experiment, 0, setup)
+        args = runs.parse_argv(spec.experiment.kind, spec.argv)
         assert args.image_size == chosen.image_size and args.batch_size == chosen.batch_size
         assert (args.model if experiment.kind == "student" else None) == (
             "official_unet" if experiment.name == OFFICIAL_UNET else
             "binaural_attention" if experiment.kind == "student" else None)
 
 
-def _specs(tmp_path: Path, seeds: int, jobs: int) -> Tuple[List[experiments.RunSpec],
-                                                            experiments.Setup]:
-    preset = experiments.PRESETS["standard"]
-    setup = experiments.Setup(
+def _specs(tmp_path: Path, seeds: int, jobs: int) -> Tuple[List[runs.RunSpec], runs.Setup]:
+    preset = presets.PRESETS["standard"]
+    setup = runs.Setup(
         preset=preset, config_dir=REPO / preset.config_dir, data_root=str(tmp_path),
         cache_dir=tmp_path, device="cpu", runs_dir=tmp_path / "runs", on_mismatch="retrain",
         launch=InProcess(), jobs=jobs, logs_dir=tmp_path / "logs")
-    return [experiments.run_spec(e, seed, setup) for seed in range(seeds)
+    return [runs.run_spec(e, seed, setup) for seed in range(seeds)
             for e in preset.experiments], setup
 
 
@@ -358,7 +375,7 @@ class FakeRuns:
         self.started_after: Dict[Tuple[int, str], List[Tuple[int, str]]] = {}
         self.failing = set(failing)
 
-    def train_run(self, spec: experiments.RunSpec, setup: experiments.Setup) -> None:
+    def train_run(self, spec: runs.RunSpec, setup: runs.Setup) -> None:
         key = (spec.seed, spec.experiment.name)
         with self.lock:
             self.started_after[key] = list(self.finished)
@@ -371,7 +388,7 @@ class FakeRuns:
         if spec.experiment.name in self.failing:
             raise TrainingError(f"{spec.experiment.name} failed")
 
-    def score_run(self, spec: experiments.RunSpec, setup: experiments.Setup) -> dict:
+    def score_run(self, spec: runs.RunSpec, setup: runs.Setup) -> dict:
         return {"experiment": spec.experiment.name, "seed": spec.seed}
 
 
@@ -380,34 +397,32 @@ def test_runs_train_jobs_at_a_time_and_distillation_waits_for_its_teacher(
         jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     specs, setup = _specs(tmp_path, seeds=2, jobs=jobs)
     fake = FakeRuns()
-    monkeypatch.setattr(experiments, "train_run", fake.train_run)
-    monkeypatch.setattr(experiments, "score_run", fake.score_run)
-    rows = experiments.train_and_score(specs, setup)
+    monkeypatch.setattr(runs, "train_run", fake.train_run)
+    rows = runs.train_and_score(specs, setup, fake.score_run)
     assert [(r["seed"], r["experiment"]) for r in rows] == [
         (s.seed, s.experiment.name) for s in specs]  # the table's order, whatever finished first
     assert fake.most_at_once == jobs
     for spec in specs:
         if spec.experiment.kind == "kd":
-            assert (spec.seed, experiments.TEACHER) in fake.started_after[
+            assert (spec.seed, TEACHER) in fake.started_after[
                 (spec.seed, spec.experiment.name)]
 
 
 def test_a_failed_teacher_fails_its_students_and_the_other_runs_still_finish(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     specs, setup = _specs(tmp_path, seeds=1, jobs=2)
-    fake = FakeRuns(failing=[experiments.TEACHER])
-    monkeypatch.setattr(experiments, "train_run", fake.train_run)
-    monkeypatch.setattr(experiments, "score_run", fake.score_run)
+    fake = FakeRuns(failing=[TEACHER])
+    monkeypatch.setattr(runs, "train_run", fake.train_run)
     with pytest.raises(TrainingError, match="rgb_teacher failed"):
-        experiments.train_and_score(specs, setup)
+        runs.train_and_score(specs, setup, fake.score_run)
     trained = {name for _, name in fake.finished}
-    assert trained == {experiments.TEACHER, OFFICIAL_UNET, AUDIO_ONLY}  # no KD run started
+    assert trained == {TEACHER, OFFICIAL_UNET, AUDIO_ONLY}  # no KD run started
 
 
 def test_with_several_jobs_a_failed_script_is_one_line_quoting_its_log(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "eval.log"
     with pytest.raises(TrainingError) as failed:
-        experiments.run_script("evaluate.py", ["--checkpoint", str(tmp_path / "missing")], log)
+        runs.run_script("evaluate.py", ["--checkpoint", str(tmp_path / "missing")], log)
     message = str(failed.value)
     assert "\n" not in message and f"{log}: error: " in message
     assert str(tmp_path / "missing") in log.read_text()
@@ -421,10 +436,19 @@ def test_runs_started_together_on_a_cpu_get_their_share_of_the_cores(
     monkeypatch.setattr(device, "busy_cores", lambda: (0.0, 2))   # a quiet 2-core machine
     monkeypatch.setattr(device, "TORCH_DEFAULT_THREADS", 2)
     monkeypatch.setattr(device, "usable_cpus", lambda: 2)
-    args = experiments.build_parser(None).parse_args(_tiny_argv(tmp_path, "--jobs", str(jobs)))
-    monkeypatch.setattr(experiments, "world_root", lambda preset, root: str(tmp_path))
-    setup = experiments.make_setup(args, InProcess())
-    spec = experiments.run_spec(experiments.PRESETS["quick"].experiments[0], 0, setup)
+    args = build_parser(None).parse_args(_tiny_argv(tmp_path, "--jobs", str(jobs)))
+    monkeypatch.setattr(runs, "world_root", lambda preset, root: str(tmp_path))
+    setup = make_setup(args, InProcess())
+    spec = runs.run_spec(presets.PRESETS["quick"].experiments[0], 0, setup)
     given = spec.argv[spec.argv.index("--threads") + 1] if "--threads" in spec.argv else None
     assert given == (None if threads is None else str(threads))
     assert setup.thread_flags() == ([] if threads is None else ["--threads", given])
+
+
+def test_the_world_of_real_data_is_the_folder_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    full = presets.PRESETS["full"]
+    assert runs.world_root(full, "bv2") == str((tmp_path / "bv2").resolve())
+    with pytest.raises(UsageError, match="--data_root is required for --dataset batvisionv2"):
+        runs.world_root(full, None)

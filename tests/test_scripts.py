@@ -27,7 +27,7 @@ from training.checkpoint import (
 )
 from training.data import resolve_data_root, split_fingerprint
 from training.device import DistContext
-from training.engine import MirrorAveraged
+from training.tasks import MirrorAveraged
 from training.identity import checkpoint_fingerprint
 from training.metrics import METRIC_NAMES
 

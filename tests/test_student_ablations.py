@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import student_ablations
-from training import experiments
-from training.experiments import NEW, RESUME, RETRAIN, parse_argv
+from training.cli import parse_script_argv
+from training.experiments import runs
+from training.experiments.runs import NEW, RESUME, RETRAIN
 
 
 @pytest.mark.parametrize("group", student_ablations.GROUPS)
@@ -18,7 +19,7 @@ def test_every_row_parses_as_its_script_would_parse_it(group: str, tmp_path: Pat
     rows = [row for row in student_ablations.ROWS if row.group == group]
     assert len({row.name for row in rows}) == len(rows)
     for row in rows:
-        _, parsed = parse_argv(row.kind, student_ablations.run_argv(row, 1, args))
+        parsed = parse_script_argv(row.kind, student_ablations.run_argv(row, 1, args))
         assert (parsed.seed, parsed.nb_epochs, parsed.image_size) == (1, 2, 64)
         assert parsed.experiment_name == f"{row.name}_s1"
         if row.kind == "kd":
@@ -41,10 +42,10 @@ def test_a_run_is_resumed_when_cut_short_and_retrained_when_it_differs(
         (tmp_path / "student_s0").mkdir()
     commands = []
     identity = {"fingerprint": "same"}
-    monkeypatch.setattr(experiments, "identity_of", lambda kind, argv: identity)
-    monkeypatch.setattr(experiments, "decide", lambda run_dir, wanted: (action, differing))
-    monkeypatch.setattr(experiments, "load_checkpoint", lambda path: {"identity": identity})
-    monkeypatch.setattr(experiments, "run_script",
+    monkeypatch.setattr(runs, "expected_identity", lambda kind, argv: identity)
+    monkeypatch.setattr(runs, "decide", lambda run_dir, wanted: (action, differing))
+    monkeypatch.setattr(runs, "load_checkpoint", lambda path: {"identity": identity})
+    monkeypatch.setattr(runs, "run_script",
                         lambda script, argv, log: commands.append([script, *argv]))
     student_ablations.bring_up_to_date(row, 0, args)
     (command,) = commands

@@ -1,9 +1,9 @@
-"""The shared training engine under every training script.
+"""The shared training engine under every training script, one module per responsibility.
 
-``engine`` (fit / validate loop, the :class:`~training.engine.Task` plug-in point), ``losses``,
-``metrics`` (the official BatVision protocol), ``checkpoint`` (the checkpoint format, atomic
-saves, weights-only loading), ``cli`` (the shared flags and the start of a run), ``data``
-(datasets and loaders from the flags, the synthetic default, mirror augmentation), ``device``
-(device, seeds, torchrun), ``tracking`` (tqdm, ``metrics.json``, optional W&B, pictures) and
-``distill`` (knowledge distillation terms and task).
+A run: ``cli`` (every flag, ``--config``; parsing only) → ``run`` (resume, device, run folder,
+identity) → ``data`` (loaders from the flags, the synthetic default, mirroring) → a task of
+``tasks`` or ``distill`` (what one step computes) → ``engine`` (the loop: optimiser of ``optim``,
+AMP and torchrun of ``device``, ``ema``, checkpoints through ``saver`` and ``checkpoint``,
+``validation``, ``tracking``). ``losses``, ``metrics`` (the official BatVision protocol) and
+``identity`` (run fingerprints) serve them; ``experiments`` builds the experiment tables.
 """

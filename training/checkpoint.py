@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import UsageError
 from datasets.errors import DataError
-from training.errors import TrainingError, UsageError
+from training.errors import TrainingError
 
 FORMAT_VERSION = 1
 LAST_CHECKPOINT = "last_model.pth"

@@ -1,111 +1,48 @@
-"""The one argparse home of the training scripts, and the start of a run.
+"""The one argparse home of the training scripts: every flag, its type, ``--config`` files.
 
-:func:`training_parser` builds the flag groups every training script shares (data, model,
-optimisation, run/checkpoint, logging); a script adds its model-specific flags to
-``groups["model"]``. :func:`start_run` parses, resolves ``--resume``, joins the torchrun world,
-picks the device, seeds, and settles the run folder.
-
-Resuming (``--resume RUN_DIR | CHECKPOINT | latest``) restores the run's saved arguments; flags
-given on the command line override them (e.g. a larger ``--nb_epochs``, a new ``--learning_rate``
-from the next step on). The model is rebuilt from the checkpoint's config: a model flag that
-contradicts it, a checkpoint of another model, or another ``--optimizer`` is an error, raised
-before anything is written.
+:func:`build_parser` builds the flag groups every training script shares (data, model,
+optimisation, run, logging) plus the audio models' and distillation flags of the script's kind;
+:func:`parse_with_config` parses a command line after its ``--config`` file. Everything a run
+does with the parsed flags lives in :mod:`training.run`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import math
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-import torch.distributed as dist
 import yaml
 
-from datasets.errors import DataError
-from models import official_num_downs
-from models.binaural_attention_model import DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES
-from models.blocks import DECODER_KEYS, FEATURE_KEYS, SIZE_MULTIPLE, encoder_channels
-from training.checkpoint import (
-    RUN_FILES, Checkpoint, atomic_write, check_model_name, load_checkpoint,
-    resolve_checkpoint_path,
+from common.argtypes import (
+    ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int,
 )
-from training.data import DATASETS, resolve_dataset
-from training.device import (
-    DistContext, configure_threads, default_num_workers, init_distributed, resolve_device,
-    seed_everything,
+from common.errors import UsageError
+from datasets.registry import DATASETS
+from models.binaural_attention_model import (
+    DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES, check_attention_levels,
 )
-from training.errors import TrainingError, UsageError
+from models.blocks import DECODER_KEYS, SIZE_MULTIPLE, check_feature_levels
+from training.distill import DEPTH_KD_KINDS, MATCHINGS, SCHEDULES
 from training.losses import CRITERIA
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("none", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
-# Machine- or invocation-specific: never taken over from the run being resumed.
-NOT_RESUMED = {"resume", "stop_after_epochs", "device", "num_workers", "overwrite", "threads",
-               "config", "kind"}
-FIXED_ON_RESUME = ("optimizer",)
 
-ArgumentGroups = Dict[str, "argparse._ArgumentGroup"]
+ArgumentGroup = argparse._ArgumentGroup
+ArgumentGroups = Dict[str, ArgumentGroup]
+
 # The models each training script can train (the first is its default).
 KIND_MODELS: Dict[str, Tuple[str, ...]] = {
     "teacher": ("rgb_depth",),
     "student": ("binaural_attention", "official_unet"),
     "kd": ("binaural_attention",),
 }
+
+
 KIND_SCRIPTS = {"teacher": "train_rgb_depth.py", "student": "train_binaural_attention.py",
                 "kd": "train_distillation.py"}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every flag's default and keeps the script docstring's line breaks."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with :class:`HelpFormatter`, whose errors are one line (no usage dump); exit 2."""
-
-    def __init__(self, description: Optional[str]) -> None:
-        super().__init__(description=description, formatter_class=HelpFormatter)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def ema_decay(text: str) -> float:
@@ -141,16 +78,6 @@ def thread_count(text: str) -> str:
     return text
 
 
-def _number(text: str, kind: type) -> Any:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
-
-
 def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser, ArgumentGroups]:
     """The parser with every shared flag; returns it and its groups by name.
 
@@ -165,7 +92,17 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
         name: parser.add_argument_group(name)
         for name in ("data", "model", "optimisation", "run", "logging")
     }
-    data = groups["data"]
+    add_data_flags(groups["data"])
+    groups["model"].add_argument("--base_channels", type=positive_int, default=64,
+                                 help="U-Net width of the first level (levels: 1,2,4,8,8 x this)")
+    add_optimisation_flags(groups["optimisation"])
+    add_run_flags(groups["run"])
+    add_logging_flags(groups["logging"])
+    return parser, groups
+
+
+def add_data_flags(data: ArgumentGroup) -> None:
+    """What data a run reads and how (dataset, root, size, recipe, cache, workers, world)."""
     data.add_argument("--dataset", choices=("auto", *DATASETS), default="auto",
                       help="which data: real BatVision V1/V2, or the simulated world (V2 format). "
                            "auto: the simulated world without --data_root; with it, the layout "
@@ -202,10 +139,9 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
     data.add_argument("--synthetic_seed", type=non_negative_int, default=0,
                       help="synthetic world: seed of the world (independent of --seed)")
 
-    groups["model"].add_argument("--base_channels", type=positive_int, default=64,
-                                 help="U-Net width of the first level (levels: 1,2,4,8,8 x this)")
 
-    opt = groups["optimisation"]
+def add_optimisation_flags(opt: ArgumentGroup) -> None:
+    """How a run optimises (batch, epochs, optimiser, schedule, loss, EMA, precision)."""
     opt.add_argument("--batch_size", type=positive_int, default=32,
                      help="GLOBAL batch size, split evenly over torchrun processes")
     opt.add_argument("--nb_epochs", type=positive_int, default=80, help="epochs to train in total")
@@ -250,7 +186,9 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
                      help="torch.compile the trained network (the first steps are slow while it "
                           "compiles; an error where torch.compile is not supported)")
 
-    run = groups["run"]
+
+def add_run_flags(run: ArgumentGroup) -> None:
+    """Where a run writes, how it resumes, its seed and its device."""
     run.add_argument("--experiment_name", default=None,
                      help="run folder name under --checkpoint_dir (None: "
                           "<model>_<dataset>_<date-time>; when resuming: the resumed run's)")
@@ -278,7 +216,9 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
                      help="stop after this many epochs of this invocation, as if killed "
                           "(the schedule still spans --nb_epochs); continue with --resume")
 
-    log = groups["logging"]
+
+def add_logging_flags(log: ArgumentGroup) -> None:
+    """What a run logs and draws, and the validation metric threshold."""
     log.add_argument("--use_wandb", action="store_true",
                      help="log to Weights & Biases (offline when no API key is configured)")
     log.add_argument("--wandb_project", default="batdepth", help="W&B project")
@@ -289,28 +229,36 @@ def training_parser(description: Optional[str]) -> Tuple[argparse.ArgumentParser
                           "(0: no pictures)")
     log.add_argument("--valid_threshold", type=non_negative_float, default=0.0,
                      help="metrics score pixels with ground truth > this (metres)")
-    return parser, groups
+
+
+def comma_separated(text: str) -> List[str]:
+    """The non-empty, stripped parts of a comma-separated flag value."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def attention_levels(text: str) -> List[int]:
-    """argparse type of ``--attention_levels 2,3,4,5``: distinct encoder levels in 1..5."""
+    """argparse type of ``--attention_levels 2,3,4,5``: distinct encoder levels in 1..5 (in the
+    order given; :func:`models.binaural_attention_model.check_attention_levels` checks them)."""
     try:
-        levels = [int(part) for part in text.split(",") if part.strip()]
+        levels = [int(part) for part in comma_separated(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
-    if len(set(levels)) != len(levels) or any(not 1 <= level <= 5 for level in levels):
-        raise argparse.ArgumentTypeError(f"expected distinct levels in 1..5, got {text!r}")
+    try:
+        check_attention_levels(levels)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return levels
 
 
 def feature_levels(text: str) -> List[str]:
-    """argparse type of ``--feature_levels d1,d2`` (any of x1..x5, d1..d4)."""
-    levels = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [level for level in levels if level not in FEATURE_KEYS]
-    if unknown or not levels:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated levels of {', '.join(FEATURE_KEYS)}, got {text!r}")
+    """argparse type of ``--feature_levels d1,d2`` (any of x1..x5, d1..d4; checked by
+    :func:`models.blocks.check_feature_levels`)."""
+    levels = comma_separated(text)
+    try:
+        check_feature_levels(levels)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return levels
 
 
@@ -356,9 +304,6 @@ def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
 
 def add_distillation_args(parser: argparse.ArgumentParser) -> None:
     """The ``distillation`` flag group."""
-    # Imported here: training.distill builds on the engine, which builds on this module.
-    from training.distill import DEPTH_KD_KINDS, MATCHINGS, SCHEDULES
-
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher_checkpoint", default=None,
                        help="checkpoint of a train_rgb_depth.py run (required for a new run; a "
@@ -410,33 +355,7 @@ def model_name_of(args: argparse.Namespace) -> str:
     return getattr(args, "model", None) or KIND_MODELS[args.kind][0]
 
 
-def model_config(args: argparse.Namespace,
-                 median_depth: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
-    """Constructor kwargs of the run's model (:func:`model_name_of`) from resolved arguments.
-
-    Args:
-        args: the resolved arguments.
-        median_depth: gives the training split's median valid depth in metres, called only for
-            ``--head_init_depth median``.
-    """
-    name = model_name_of(args)
-    if name == "rgb_depth":
-        return {"base_channels": args.base_channels, "max_depth": args.max_depth}
-    if name == "official_unet":
-        return {"ngf": args.base_channels, "num_downs": official_num_downs(args.image_size),
-                "max_depth": args.max_depth}
-    head_init = args.head_init_depth
-    if head_init == "median":
-        if median_depth is None:
-            raise UsageError("--head_init_depth median needs the training data")
-        head_init = median_depth()
-    return {"base_channels": args.base_channels, "attention_levels": args.attention_levels,
-            "num_heads": args.num_heads, "attention_mode": args.attention_mode,
-            "max_depth": args.max_depth, "decoder": args.decoder,
-            "input_features": args.input_features, "head_init_depth": head_init}
-
-
-def _check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Cross-flag checks argparse cannot do flag by flag (one-line parser error, exit 2)."""
     with_phase = getattr(args, "audio_format", None) == "spectrogram_ipd"
     if with_phase != (getattr(args, "input_features", None) == "ild_ipd"
@@ -444,13 +363,11 @@ def _check_model_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error("--audio_format spectrogram_ipd and the student's --input_features ild_ipd "
                      "go together: the phase channels are read by that student only")
     if model_name_of(args) == "binaural_attention":
-        widths = encoder_channels(args.base_channels)
-        for level in args.attention_levels:
-            width = widths[level - 1]
-            if width % args.num_heads or width % 4:
-                parser.error(f"--num_heads {args.num_heads} with --base_channels "
-                             f"{args.base_channels}: attended level {level} has {width} "
-                             "channels, which must divide by 4 and by the number of heads")
+        try:
+            check_attention_levels(args.attention_levels, args.base_channels, args.num_heads)
+        except ValueError as error:
+            parser.error(f"--num_heads {args.num_heads} with --base_channels "
+                         f"{args.base_channels}: {error}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,110 +444,31 @@ def with_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) 
     return argv if known.config is None else config_argv(parser, known.config) + argv
 
 
-def resolved_config(args: argparse.Namespace) -> Dict[str, Any]:
-    """The resolved flags a ``--config`` file can hold to repeat this run (``config.yaml``)."""
-    skipped = {"config", "kind", "resume", "overwrite", "stop_after_epochs"}
-    return {k: v for k, v in vars(args).items() if k not in skipped and v is not None}
+def parse_with_config(parser: argparse.ArgumentParser,
+                      argv: Optional[Sequence[str]]) -> Tuple[List[str], argparse.Namespace]:
+    """Parse ``argv`` after its ``--config`` file's flags, so the command line overrides the file.
 
+    Returns:
+        ``(the expanded argv, the parsed arguments)``.
 
-def write_resolved_config(path: "str | Path", args: argparse.Namespace) -> None:
-    """Write :func:`resolved_config` as YAML (atomically): ``--config path`` repeats the run."""
-    text = ("# Resolved flags of this run; `--config` accepts this file as it is.\n"
-            + yaml.safe_dump(resolved_config(args), sort_keys=True))
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def configure_cpu(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` (torch's intra-op threads) and resolve ``--num_workers auto`` in
-    ``args``, by the rules of :func:`training.device.configure_threads` and
-    :func:`training.device.default_num_workers`, for the ``--device`` of ``args``."""
-    configure_threads(args.threads, args.device)
-    if args.num_workers == "auto":
-        args.num_workers = default_num_workers(args.device)
-
-
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can fix (bad file, bad flags, a run that had to stop) into one line
-    on stderr and exit status 1. Anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except (DataError, UsageError, TrainingError) as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def _explicit_dests(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Set[str]:
-    """The destinations the command line set explicitly (argparse only fills in a default for
-    attributes the namespace does not have yet)."""
-    unset = object()
-    probe = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != "help"})
-    parser.parse_args(argv, namespace=probe)
-    return {dest for dest, value in vars(probe).items() if value is not unset}
-
-
-def kind_of_checkpoint(checkpoint: Checkpoint) -> str:
-    """Which script wrote a checkpoint: ``teacher``, ``student`` or ``kd``."""
-    identity = checkpoint.get("identity") or {}
-    if identity.get("kind"):
-        return identity["kind"]
-    if checkpoint["model_name"] == "rgb_depth":
-        return "teacher"
-    return "kd" if "teacher_checkpoint" in checkpoint.get("args", {}) else "student"
-
-
-@dataclass
-class Run:
-    """A started run: everything a training script hands to the engine.
-
-    Attributes:
-        args: resolved arguments (after merging a resumed run's).
-        kind: ``teacher``, ``student`` or ``kd``: which script runs.
-        model_name: the model this run trains.
-        flag_groups: argparse group title → the flags (destinations) in it; the run identity
-            (:mod:`training.identity`) sorts the settings by these groups.
-        context: place in the torchrun world.
-        device: this process's device.
-        run_dir: the run folder (``--checkpoint_dir/--experiment_name``).
-        checkpoint: the checkpoint being resumed, or ``None``.
-        checkpoint_path: its file.
+    Raises:
+        UsageError: a bad config file (one line naming it).
     """
+    argv = with_config(parser, argv)
+    return argv, parser.parse_args(argv)
 
-    args: argparse.Namespace
-    kind: str
-    model_name: str
-    flag_groups: Dict[str, List[str]]
-    context: DistContext
-    device: torch.device
-    run_dir: Path
-    checkpoint: Optional[Checkpoint] = None
-    checkpoint_path: Optional[Path] = None
 
-    @property
-    def continues_own_folder(self) -> bool:
-        """Whether the run resumes a checkpoint of its own run folder."""
-        return (self.checkpoint_path is not None
-                and self.checkpoint_path.parent.resolve() == self.run_dir.resolve())
+def parse_script_argv(kind: str, argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed as the training script of ``kind`` parses it (:func:`parse_with_config`),
+    unresolved (``--dataset auto`` stays ``auto``); a bad value in a config file is reported as
+    that script's.
 
-    def model_config(self, median_depth: Optional[Callable[[], float]] = None) -> Dict[str, Any]:
-        """The model's constructor kwargs: from the arguments for a new run, the checkpoint's
-        when resuming (then any value the arguments give differently is an error).
-
-        Args:
-            median_depth: as for :func:`model_config`.
-        """
-        if self.checkpoint is None:
-            return model_config(self.args, median_depth)
-        saved = self.checkpoint["model_config"]
-        # The head's starting depth is history once weights exist: not re-derived, not compared.
-        resumed = argparse.Namespace(**{**vars(self.args), "head_init_depth": None})
-        from_args = {k: v for k, v in model_config(resumed).items() if k != "head_init_depth"}
-        normalised = json.loads(json.dumps(from_args))
-        differing = [f"{k}: run has {saved[k]!r}, command line {normalised[k]!r}"
-                     for k in sorted(set(saved) & set(normalised)) if saved[k] != normalised[k]]
-        if differing:
-            raise UsageError(f"{self.checkpoint_path}: model flags differ from the resumed run "
-                             f"({'; '.join(differing)})")
-        return saved
+    Raises:
+        UsageError: a bad config file (one line naming it).
+    """
+    parser = build_parser(kind, None)
+    parser.prog = KIND_SCRIPTS[kind]
+    return parse_with_config(parser, argv)[1]
 
 
 def flag_groups(parser: argparse.ArgumentParser) -> Dict[str, List[str]]:
@@ -638,75 +476,3 @@ def flag_groups(parser: argparse.ArgumentParser) -> Dict[str, List[str]]:
     return {group.title: [action.dest for action in group._group_actions]
             for group in parser._action_groups
             if group.title not in ("positional arguments", "options", "optional arguments")}
-
-
-def _resume_args(parser: argparse.ArgumentParser, argv: Sequence[str],
-                 args: argparse.Namespace, checkpoint: Checkpoint,
-                 path: Path) -> argparse.Namespace:
-    explicit = _explicit_dests(parser, argv)
-    saved = checkpoint["args"]
-    for flag in FIXED_ON_RESUME:
-        if flag in explicit and getattr(args, flag) != saved.get(flag):
-            raise UsageError(f"{path}: --{flag} cannot change when resuming "
-                             f"(run used {saved.get(flag)!r})")
-    merged = vars(args).copy()
-    merged.update({k: v for k, v in saved.items()
-                   if k in merged and k not in explicit and k not in NOT_RESUMED})
-    if "experiment_name" not in explicit:
-        # Continue in the checkpoint's own folder, wherever it now lies.
-        merged["checkpoint_dir"] = str(path.parent.parent)
-        merged["experiment_name"] = path.parent.name
-    return argparse.Namespace(**merged)
-
-
-def _default_experiment_name(model_name: str, dataset: str, context: DistContext) -> str:
-    name = [f"{model_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}"]
-    if context.distributed:  # every rank must agree on rank 0's clock
-        dist.broadcast_object_list(name, src=0)
-    return name[0]
-
-
-def start_run(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> Run:
-    """Parse the command line (after its ``--config`` file) and set the run up; nothing is
-    written yet.
-
-    Args:
-        parser: from :func:`build_parser`.
-        argv: arguments (``None``: ``sys.argv[1:]``).
-
-    Raises:
-        DataError: ``--resume`` names nothing loadable, or a checkpoint of another model.
-        UsageError: a bad ``--config`` file, resuming a run of another kind (plain vs
-            distillation), or a fresh run aimed at a folder that holds a run.
-    """
-    argv = with_config(parser, argv)
-    args = parser.parse_args(argv)
-    checkpoint, checkpoint_path = None, None
-    if args.resume:
-        checkpoint_path = resolve_checkpoint_path(args.resume, args.checkpoint_dir)
-        checkpoint = load_checkpoint(checkpoint_path)
-        saved_kind = kind_of_checkpoint(checkpoint)
-        if saved_kind != args.kind:
-            raise UsageError(f"{checkpoint_path}: a {KIND_SCRIPTS[saved_kind]} run; resume it "
-                             f"with that script, not {KIND_SCRIPTS[args.kind]}")
-        args = _resume_args(parser, argv, args, checkpoint, checkpoint_path)
-        check_model_name(checkpoint, model_name_of(args), checkpoint_path)
-    _check_model_flags(parser, args)
-    context = init_distributed(args.device)
-    device = resolve_device(args.device, context.local_rank)
-    configure_cpu(args)
-    model_name = model_name_of(args)
-    resolve_dataset(args)  # before anything is named after it or written
-    if args.experiment_name is None:
-        args.experiment_name = _default_experiment_name(model_name, args.dataset, context)
-    run = Run(args=args, kind=args.kind, model_name=model_name, flag_groups=flag_groups(parser),
-              context=context, device=device,
-              run_dir=Path(args.checkpoint_dir) / args.experiment_name, checkpoint=checkpoint,
-              checkpoint_path=checkpoint_path)
-    holds_a_run = any((run.run_dir / name).exists() for name in RUN_FILES)
-    if holds_a_run and not run.continues_own_folder and not args.overwrite:
-        raise UsageError(f"{run.run_dir} already holds a run: continue it with --resume "
-                         f"{run.run_dir}, or pass --overwrite or another --experiment_name")
-    context.barrier()  # every rank checked the folder before rank 0 may write into it
-    seed_everything(args.seed, args.deterministic)
-    return run

@@ -1,9 +1,7 @@
 """Datasets and loaders built from the command line, the synthetic default, and mirror augmentation.
 
-``--dataset auto`` picks the dataset from ``--data_root`` (:func:`detect_dataset`: a V1 root, a
-V2 root or a synthetic world) and, without ``--data_root``, the synthetic default; the name it
-picks replaces ``auto`` in the arguments, so ``config.json`` records it. Nothing is ever generated
-into a folder that holds anything else than worlds of this project.
+The dataset a run reads is resolved by :mod:`datasets.registry` (``--dataset auto``). Nothing is
+ever generated into a folder that holds anything else than worlds of this project.
 
 ``--dataset synthetic`` trains on the simulated world of :mod:`datasets.synthetic.world`, written
 in the BatVision V2 format and read by the same V2 reader as the real data. Its ``--data_root``
@@ -24,99 +22,28 @@ rank by rank without padding, so every image is scored exactly once.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sized
+from typing import Any, Dict, Iterator, Optional, Sized
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from datasets import BatvisionV1Dataset, BatvisionV2Dataset
+from common.errors import UsageError
 from datasets.batvision import cache_forms, check_labels, spread_indices
 from datasets.cache import CACHE_FORMAT_VERSION
 from datasets.recipes import get_recipe, swap_ears
+from datasets.registry import READERS, resolve_dataset, synthetic_world_config
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first, uses_cuda
-from training.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_CACHE = REPO_ROOT / ".cache" / "synthetic"
-# The concrete datasets; "auto" (a flag value, not a dataset) resolves to one of them
-# (resolve_dataset) before any data is read.
-DATASETS = ("batvisionv1", "batvisionv2", "synthetic")
-SPLITS = ("train", "val", "test")
-READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
-           "synthetic": BatvisionV2Dataset}
 # Which key of the sample dict each model reads.
 MODEL_INPUTS = {"rgb_depth": RGB, "binaural_attention": AUDIO, "official_unet": AUDIO}
-
-
-def synthetic_world_config(args: argparse.Namespace) -> Any:
-    """The ``WorldConfig`` that ``--synthetic_*`` flags describe (V2 format)."""
-    from datasets.synthetic.world import WorldConfig
-
-    return WorldConfig(format="v2", locations=args.synthetic_locations,
-                       samples=args.synthetic_samples, seed=args.synthetic_seed,
-                       height=args.synthetic_size, width=args.synthetic_size)
-
-
-def _csv_header(path: Path) -> List[str]:
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        return next(csv.reader(f), [])
-
-
-def detect_dataset(root: Path) -> str:
-    """Which dataset the folder ``root`` holds, from its layout (one CSV header is read).
-
-    Returns:
-        ``synthetic`` for a folder holding a world (``v2/`` and ``v2.world.json``, as
-        :func:`datasets.synthetic.world.ensure_synthetic_world` keeps it), ``batvisionv1`` for a
-        root with ``train.csv``, ``val.csv``, ``test.csv`` in the V1 columns, ``batvisionv2`` for
-        a root of location folders holding a ``train.csv`` in the V2 columns.
-
-    Raises:
-        UsageError: ``root`` is missing or holds none of these (the message says what was looked
-            for), or is a single V2 location folder.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"--data_root {root}: no such folder")
-    if (root / "v2").is_dir() and (root / "v2.world.json").is_file():
-        return "synthetic"
-    if all((root / f"{split}.csv").is_file() for split in SPLITS):
-        header = set(_csv_header(root / "train.csv"))
-        if set(BatvisionV1Dataset.AUDIO_COLUMNS) <= header:
-            return "batvisionv1"
-        if set(BatvisionV2Dataset.AUDIO_COLUMNS) <= header:
-            raise UsageError(f"--data_root {root} is a single BatVision V2 location folder: pass "
-                             f"its parent folder, with --locations {root.name} to keep only it")
-    v2_columns = set(BatvisionV2Dataset.AUDIO_COLUMNS)
-    if any(entry.is_dir() and not entry.name.startswith(".") and (entry / "train.csv").is_file()
-           and v2_columns <= set(_csv_header(entry / "train.csv")) for entry in root.iterdir()):
-        return "batvisionv2"
-    raise UsageError(f"--data_root {root}: no dataset recognised; looked for a BatVision V1 root "
-                     "(train.csv, val.csv, test.csv with V1 columns), a V2 root (location folders "
-                     "with a V2 train.csv) or a synthetic world (v2/ and v2.world.json); pass "
-                     "--dataset (--dataset synthetic generates a world into an empty folder)")
-
-
-def resolve_dataset(args: argparse.Namespace) -> str:
-    """Replace ``args.dataset == "auto"`` by the dataset it stands for, and return the name.
-
-    ``auto`` is ``synthetic`` without ``--data_root`` (the default world), else
-    :func:`detect_dataset` of ``--data_root``. Other names are returned as they are.
-
-    Raises:
-        UsageError: as :func:`detect_dataset`.
-    """
-    if args.dataset == "auto":
-        args.dataset = ("synthetic" if args.data_root is None
-                        else detect_dataset(Path(args.data_root)))
-    return args.dataset
 
 
 def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
@@ -355,7 +282,6 @@ def mirror_flags(batch_size: int, seed: int, global_step: int, rank: int) -> tor
     return torch.rand(batch_size, generator=generator) < 0.5
 
 
-
 def median_valid_depth(dataset: Dataset, max_samples: int = 64) -> float:
     """Median ground-truth depth in metres over the valid pixels of up to ``max_samples`` samples
     spread evenly over ``dataset`` (the student's ``--head_init_depth median``).
@@ -370,3 +296,15 @@ def median_valid_depth(dataset: Dataset, max_samples: int = 64) -> float:
         raise UsageError(f"no valid depth pixel in {len(picks)} training samples: cannot "
                          "initialise the depth head at their median")
     return float(valid.median())
+
+
+def to_device(batch: Dict[str, Any], device: torch.device,
+              memory_format: torch.memory_format = torch.preserve_format) -> Dict[str, Any]:
+    """Move every tensor of a collated batch to ``device`` (``meta`` strings stay as they are).
+
+    The copies do not block the host (asynchronous from pinned memory on CUDA). With
+    ``memory_format=torch.channels_last`` the 4-D (image-like) tensors are stored channels-last.
+    """
+    return {k: v.to(device, non_blocking=True,
+                    memory_format=memory_format if v.dim() == 4 else torch.preserve_format)
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

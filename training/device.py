@@ -1,4 +1,4 @@
-"""Device choice, CPU threads, seeding and the torchrun (DDP) process group.
+"""Device choice and what it can run (AMP, CUDA kernels), CPU threads, seeding, torchrun (DDP).
 
 Launched with ``torchrun --nproc_per_node N script.py ...``, every process reads ``RANK``,
 ``LOCAL_RANK`` and ``WORLD_SIZE`` from the environment and joins one process group: NCCL on
@@ -13,6 +13,7 @@ thread. ``auto`` therefore uses only the cores that are free when the run starts
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from training.errors import UsageError
+from common.errors import UsageError
 
 # torch's own intra-op default in this process (OMP_NUM_THREADS, else one per core), read before
 # anything here changes it: ``auto`` never uses more.
@@ -291,3 +292,64 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` (``none``, ``bf16``, ``fp16``), or ``None`` for ``none``.
+
+    Raises:
+        UsageError: ``device`` cannot run it (no autocast for its type, or bf16 on a GPU
+            without bfloat16).
+    """
+    if amp == "none":
+        return None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise UsageError(f"--amp {amp}: torch has no autocast for {device.type}")
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
+                         "support; use --amp fp16")
+    return dtype
+
+
+def autocast(device: torch.device,
+             dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype``, or nothing when ``dtype`` is ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def check_device_flags(args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse the flags ``device`` cannot honour (``--amp`` as :func:`amp_dtype` says,
+    ``--sync_bn`` off CUDA, ``--compile`` where torch.compile is not supported).
+
+    Raises:
+        UsageError: one line naming the flag and why.
+    """
+    amp_dtype(args.amp, device)
+    if args.sync_bn and device.type != "cuda":
+        raise UsageError(f"--sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this run is "
+                         f"on {device.type}")
+    # torch has no public form of this check; torch.compile itself raises the same way.
+    if args.compile and not torch._dynamo.is_dynamo_supported():
+        raise UsageError("--compile: torch.compile is not supported with this Python/platform")
+
+
+def configure_cuda_kernels(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, the fast kernels training wants: TF32 matmuls and convolutions and, unless
+    ``deterministic`` (see :func:`training.device.seed_everything`), cuDNN autotuning. Process
+    wide; nothing on other devices."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if not deterministic:
+        torch.backends.cudnn.benchmark = True
+
+
+def sum_over_ranks(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
+    """``tensor`` summed over every rank, in place (itself in a world of one)."""
+    if context.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

@@ -39,10 +39,10 @@ from torch import nn
 from datasets.errors import DataError
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from models import RGBDepthModel, build_model
-from models.blocks import DECODER_KEYS, FEATURE_KEYS
+from models.blocks import DECODER_KEYS, check_feature_levels
 from training.checkpoint import load_checkpoint, load_model
-from training.engine import Batch, DepthTask, with_total
 from training.identity import checkpoint_fingerprint
+from training.tasks import Batch, DepthTask, with_total
 
 MATCHINGS = ("mse", "cosine", "attention")
 DEPTH_KD_KINDS = ("l1", "l2")
@@ -130,14 +130,6 @@ def feature_kd_loss(student: torch.Tensor, teacher: torch.Tensor, matching: str)
     raise ValueError(f"feature matching must be one of {MATCHINGS}, got {matching!r}")
 
 
-def check_levels(levels: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming the first level that is not one of ``x1..x5, d1..d4``."""
-    for level in levels:
-        if level not in FEATURE_KEYS:
-            raise ValueError(f"unknown feature level {level!r}; "
-                             f"choose from {', '.join(FEATURE_KEYS)}")
-
-
 class FeatureAdapters(nn.Module):
     """One learnable 1×1 convolution per level, mapping student channels to teacher channels.
 
@@ -157,7 +149,7 @@ class FeatureAdapters(nn.Module):
         levels: Sequence[str],
     ) -> None:
         super().__init__()
-        check_levels(levels)
+        check_feature_levels(levels)
         self.levels = tuple(levels)
         self.adapters = nn.ModuleDict(
             {level: nn.Conv2d(student_channels[level], teacher_channels[level], kernel_size=1)
@@ -364,7 +356,7 @@ class DistillationTask(DepthTask):
 
     Loss terms (each logged on its own, already weighted; ``total`` is their sum):
 
-    * the supervised terms of :class:`training.engine.DepthTask` (masked, vs the ground truth);
+    * the supervised terms of :class:`training.tasks.DepthTask` (masked, vs the ground truth);
     * ``kd_depth`` = λ_depth · s · :func:`depth_kd_loss` on every pixel, with the per-pixel
       :func:`teacher_confidence` weights under the ``confidence`` schedule and the
       :func:`teacher_gate` under ``gated``;
@@ -424,7 +416,6 @@ class DistillationTask(DepthTask):
         self.depth_weight = depth_weight
         self.feature_weight = feature_weight
         levels = tuple(feature_levels) if feature_weight > 0 else ()
-        check_levels(levels)
         self.adapters = (FeatureAdapters(feature_channels(student, 2, image_size),
                                          feature_channels(teacher, 3, image_size), levels)
                          if levels else None)

@@ -17,7 +17,8 @@ with the warm-up their weight falls as 9! / t^9, and the average spans about the
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Mapping
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -100,3 +101,31 @@ def swapped_weights(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Iter
         yield
     finally:
         model.load_state_dict(own)
+
+
+def resumed_ema(model: nn.Module, decay: float, checkpoint: Optional[Mapping[str, Any]],
+                path: Optional[Path], announce: bool = True) -> Optional[WeightEma]:
+    """The average of ``--ema_decay`` for a run (``None`` when ``decay`` is 0): the resumed
+    checkpoint's when it has one, else a new one from the model's current (initial or resumed)
+    weights.
+
+    Args:
+        model: the trained network, its weights already restored.
+        decay: ``--ema_decay``.
+        checkpoint: the checkpoint being resumed, or ``None``.
+        path: its file, named in what is printed.
+        announce: print when an average is dropped or started afresh (rank 0).
+    """
+    averaged = checkpoint is not None and "train_model_state" in checkpoint
+    if decay == 0:
+        if averaged and announce:
+            print(f"--ema_decay 0: training on from {path}'s training weights; its weight "
+                  "average is dropped")
+        return None
+    ema = WeightEma(model, decay)
+    if averaged:
+        assert checkpoint is not None
+        ema.load_state_dict(checkpoint["model_state"], checkpoint["ema_updates"])
+    elif checkpoint is not None and announce:
+        print(f"--ema_decay {decay}: {path} holds no weight average; one starts from its weights")
+    return ema

@@ -288,7 +288,7 @@ class MultiProtocolMetrics(DepthMetrics):
 
     It *is* the :class:`DepthMetrics` of the first (primary) protocol — ``update`` returns its
     per-image scores, ``compute`` and ``protocol`` describe it — so it can stand in for one
-    (e.g. in ``training.engine.validate``); :meth:`compute_all` and :meth:`protocols` cover every
+    (e.g. in ``training.validation.validate``); :meth:`compute_all` and :meth:`protocols` cover every
     protocol, keyed by protocol name, primary first.
 
     Args:

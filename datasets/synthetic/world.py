@@ -36,11 +36,12 @@ import pyroomacoustics as pra
 from tqdm import tqdm
 
 from datasets.errors import DataError
+from datasets.sample import SPLITS
 
 from .acoustics import EAR_PATTERNS, EchoSimulator
 from .camera import DepthCamera
 from .scene import LocationStyle, location_name, sample_location_style, sample_scene
-from .writer import SPLITS, Recording, V1Writer, V2Writer
+from .writer import Recording, V1Writer, V2Writer
 
 # Bump when a change to the generator changes its output, so stale worlds are regenerated.
 WORLD_VERSION = 1

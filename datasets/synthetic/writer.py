@@ -30,9 +30,10 @@ import numpy as np
 from PIL import Image
 from scipy.io import wavfile
 
+from datasets.sample import SPLITS
+
 SAMPLE_RATE = 44_100
 V2_WAV_FRAMES = 20_000
-SPLITS = ("train", "val", "test")
 V2_COLUMNS = (
     "index", "time", "left audio time", "right audio time", "audio path", "audio file name",
     "camera time", "camera path", "camera file name", "depth time", "depth path", "depth file name",

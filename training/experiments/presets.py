@@ -1,0 +1,217 @@
+"""The table's rows and presets: which runs a table trains and the sizes they share.
+
+A row (:class:`Experiment`) is one training script with a config file and its own flags; a
+preset (:class:`Preset`) lists rows and adds the sizes every run shares. :func:`resolve_preset`
+applies the command line's overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from common.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
+from common.errors import UsageError
+from training.cli import image_size
+
+# Which checkpoint of a run the table scores.
+BEST, LAST = "best", "last"
+# What a row is in the table, whatever script trains it: the official U-Net is trained by the
+# student's script but is the reference the students are measured against, not one of them.
+ROLES = ("teacher", "baseline", "student", "kd")
+AUDIO_ROLES = ("student", "kd")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the table.
+
+    Attributes:
+        name: row key and run folder name.
+        label: row title.
+        kind: ``teacher``, ``student`` or ``kd`` (which training script; ``cli.KIND_SCRIPTS``).
+        role: what the row is (:data:`ROLES`): the RGB ``teacher``, the ``baseline`` our audio
+            models are measured against, our audio-only ``student`` or a distilled one (``kd``).
+        config: config file stem in the preset's ``config_dir``.
+        flags: further flags of this row (after the config file and the preset's sizes).
+        feature_kd: gets ``--lambda_feat <preset.feature_weight>``.
+        scored: which checkpoint the table scores, ``best`` (lowest validation RMSE) or ``last``.
+    """
+
+    name: str
+    label: str
+    kind: str
+    role: str
+    config: str
+    flags: Tuple[str, ...] = ()
+    feature_kd: bool = False
+    scored: str = BEST
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"{self.name}: role must be one of {ROLES}, got {self.role!r}")
+
+
+TEACHER, OFFICIAL_UNET, AUDIO_ONLY = "rgb_teacher", "official_unet", "audio_only"
+TEACHER_ROW = Experiment(TEACHER, "RGB teacher (upper bound)", "teacher", "teacher", "teacher")
+# The official recipe has no model selection, so the reference is scored at its last epoch.
+OFFICIAL_ROW = Experiment(OFFICIAL_UNET, "official BatVision U-Net (reference, last epoch)",
+                          "student", "baseline", "official_unet", ("--model", "official_unet"),
+                          scored=LAST)
+AUDIO_ROW = Experiment(AUDIO_ONLY, "audio only (our student)", "student", "student", "student")
+KD_ROW = Experiment("kd", "audio + KD (recommended, kd.yaml: depth KD)", "kd", "kd", "kd")
+# Variants of kd.yaml; its own row is the depth-only one, so that variant is not trained twice.
+KD_VARIANTS = (
+    Experiment("kd_depth_features", "audio + KD depth + features d1..d4", "kd", "kd", "kd",
+               ("--lambda_depth", "1", "--feature_levels", "d1,d2,d3,d4"), feature_kd=True),
+    Experiment("kd_confidence", "audio + KD confidence-weighted depth + d1..d4", "kd", "kd", "kd",
+               ("--lambda_depth", "1", "--feature_levels", "d1,d2,d3,d4",
+                "--kd_schedule", "confidence"), feature_kd=True),
+    Experiment("kd_encoder_ablation", "ablation: audio + KD depth + features x1..x5", "kd", "kd",
+               "kd", ("--lambda_depth", "1", "--feature_levels", "x1,x2,x3,x4,x5"),
+               feature_kd=True),
+    # The depth KD only where the teacher beats the student (every depth-KD row above lost below
+    # 1.5 m, where the student beats its teacher), beside the encoder features of the row above.
+    Experiment("kd_gated", "audio + KD gated depth + features x1..x5", "kd", "kd", "kd",
+               ("--lambda_depth", "1", "--feature_levels", "x1,x2,x3,x4,x5",
+                "--kd_schedule", "gated"), feature_kd=True),
+)
+QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
+STANDARD_ROWS = QUICK_ROWS + KD_VARIANTS
+REFERENCES = {
+    "mean_depth_map": "reference: mean depth map of the train split",
+    "location_mean_depth_map": "reference: per-location mean depth map of the train split",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A table: its rows and everything its runs share.
+
+    Attributes:
+        description: one line for results.md.
+        dataset: ``--dataset`` of every run (``synthetic``: the runner generates the world).
+        config_dir: folder of the experiments' config files, relative to the repository (or
+            absolute).
+        experiments: the trained rows, teacher first (the KD rows distil from it).
+        goals: which goal checks results.md prints: ``quick`` or ``standard``.
+        seeds: default number of seeds (0..seeds-1).
+        image_size, batch_size: of every run.
+        teacher_epochs, student_epochs: ``--nb_epochs`` of the teacher and of every audio model.
+        max_depth: metres (``None``: the dataset's default).
+        synthetic_locations, synthetic_samples, synthetic_size, synthetic_seed: the world.
+        feature_weight: ``--lambda_feat`` of the feature-KD rows.
+        flags: further flags of every run (operational ones: workers, pictures).
+    """
+
+    description: str
+    dataset: str
+    config_dir: str
+    experiments: Tuple[Experiment, ...]
+    goals: str
+    seeds: int
+    image_size: int
+    batch_size: int
+    teacher_epochs: int
+    student_epochs: int
+    max_depth: Optional[float] = None
+    synthetic_locations: int = 3
+    synthetic_samples: int = 400
+    synthetic_size: int = 128
+    synthetic_seed: int = 0
+    feature_weight: float = 0.05
+    flags: Tuple[str, ...] = ()
+
+
+PRESETS: Dict[str, Preset] = {
+    # The README's main command, sized for <= 10 minutes on a quiet 2-core CPU: the config files'
+    # recipes at 64x64 on a world rendered at 64x64, depth range = the simulated camera's (15 m).
+    # The teacher gets 10 epochs, the audio models 8: a distilled student is only as good as its
+    # teacher, and 6 teacher epochs left it barely ahead of the students (0.697 m validation
+    # RMSE); the teacher costs ~18 s per epoch on the 840 training samples.
+    "quick": Preset(
+        description="synthetic world (simulated rooms and echoes, cardioid ears; not real data)",
+        dataset="synthetic", config_dir="configs/synthetic", experiments=QUICK_ROWS,
+        goals="quick", seeds=1, image_size=64, batch_size=8, teacher_epochs=10,
+        student_epochs=8, max_depth=15.0, synthetic_size=64,
+        flags=("--num_workers", "0", "--num_val_images", "2")),
+    # The config files' contract: 128x128, 20 epochs, batch 8, 15 m, 3 seeds, every KD variant.
+    "standard": Preset(
+        description="synthetic world (simulated rooms and echoes, cardioid ears; not real data), "
+                    "the config files' benchmark",
+        dataset="synthetic", config_dir="configs/synthetic", experiments=STANDARD_ROWS,
+        goals="standard", seeds=3, image_size=128, batch_size=8, teacher_epochs=20,
+        student_epochs=20, max_depth=15.0, synthetic_size=128,
+        flags=("--num_workers", "0", "--num_val_images", "2")),
+    # Real BatVision V2 on a GPU, the official training length.
+    "full": Preset(
+        description="BatVision V2 (real recordings), 256x256, official training length",
+        dataset="batvisionv2", config_dir="configs/batvisionv2", experiments=STANDARD_ROWS,
+        goals="standard", seeds=3, image_size=256, batch_size=64, teacher_epochs=80,
+        student_epochs=80, flags=("--num_workers", "8")),
+}
+# Preset fields the command line may override (each a flag of the same name): type, meaning.
+SIZE_FIELDS: Dict[str, Tuple[Callable[[str], Any], str]] = {
+    "image_size": (image_size, "side of every run's inputs and depth maps, pixels"),
+    "batch_size": (positive_int, "batch size of every run"),
+    "teacher_epochs": (positive_int, "epochs of the RGB teacher"),
+    "student_epochs": (positive_int, "epochs of every audio model (official U-Net included)"),
+    "max_depth": (positive_float, "depth range in metres (None: the dataset's)"),
+    "synthetic_locations": (positive_int, "synthetic world: locations"),
+    "synthetic_samples": (positive_int, "synthetic world: samples per location"),
+    "synthetic_size": (positive_int, "synthetic world: rendered image side, pixels"),
+    "synthetic_seed": (non_negative_int, "synthetic world: its seed"),
+    "feature_weight": (non_negative_float, "--lambda_feat of the feature-KD rows"),
+}
+
+
+EXPERIMENTS: Dict[str, Experiment] = {
+    e.name: e for preset in PRESETS.values() for e in preset.experiments}
+
+
+def is_audio_row(name: str) -> bool:
+    """Whether a row is one of our audio students (not the teacher, the reference U-Net or a
+    prior)."""
+    experiment = EXPERIMENTS.get(name)
+    return experiment is not None and experiment.role in AUDIO_ROLES
+
+
+def is_kd_row(name: str) -> bool:
+    """Whether a row is a distilled student."""
+    experiment = EXPERIMENTS.get(name)
+    return experiment is not None and experiment.role == "kd"
+
+
+def resolve_preset(args: argparse.Namespace) -> Preset:
+    """The chosen preset with the overrides of ``args`` applied (sizes, seeds, rows).
+
+    Args:
+        args: parsed ``run_experiments.py`` flags (``training.experiments.main.build_parser``).
+
+    Returns:
+        The preset to run.
+
+    Raises:
+        UsageError: ``--experiments`` names a row the preset does not have.
+    """
+    preset = PRESETS[args.preset]
+    overrides: Dict[str, Any] = {f: getattr(args, f) for f in SIZE_FIELDS
+                                 if getattr(args, f) is not None}
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.config_dir is not None:  # from the working directory, not the repository
+        overrides["config_dir"] = str(Path(args.config_dir).resolve())
+    if args.experiments is not None:
+        wanted = [name.strip() for name in args.experiments.split(",") if name.strip()]
+        known = {e.name for e in preset.experiments}
+        unknown = [name for name in wanted if name not in known]
+        if unknown or not wanted:
+            raise UsageError(f"--experiments {args.experiments!r}: the {args.preset} preset's "
+                             f"rows are {', '.join(sorted(known))}")
+        needs_teacher = any(e.kind == "kd" for e in preset.experiments if e.name in wanted)
+        overrides["experiments"] = tuple(
+            e for e in preset.experiments
+            if e.name in wanted or (e.name == TEACHER and needs_teacher))
+    return dataclasses.replace(preset, **overrides)

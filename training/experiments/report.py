@@ -1,0 +1,326 @@
+"""Writing the table: the goal checks, ``results.csv``, ``results.md`` (with the settings read
+from the runs), the RMSE bar chart and the grid of test pictures.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from torch.utils.data import default_collate
+
+from datasets.batvision import spread_indices
+from datasets.sample import AUDIO, DEPTH, RGB
+from training.checkpoint import CONFIG_FILE, Checkpoint, atomic_write, load_checkpoint, load_model
+from training.data import build_dataset, resolve_data_root
+from training.device import DistContext
+from training.experiments.presets import (
+    AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, TEACHER, Preset, is_audio_row, is_kd_row,
+)
+from training.experiments.scoring import (
+    METRIC_COLUMNS, TABLE_GROUND_TRUTH, Row, metric_column, read_json,
+)
+from training.metrics import METRIC_NAMES, OFFICIAL, PROTOCOLS, image_metrics
+from training.tracking import DEPTH_CMAP, HOLE_COLOUR, masked_depth, save_figure
+
+# Goals of the standard table: audio-only and best-KD RMSE as a share of the official U-Net's,
+# the student's training time as a multiple of the official U-Net's, and the KD gain in units of
+# the larger seed standard deviation.
+AUDIO_ONLY_GOAL, BEST_KD_GOAL, TRAIN_TIME_GOAL, SEED_SPREAD_GOAL = 0.90, 0.80, 1.5, 2.0
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "not met"
+
+
+def quick_goal_lines(by_name: Dict[str, Row]) -> List[str]:
+    """The quick preset's check: the best audio row's RMSE below the official U-Net's."""
+    official = by_name.get(OFFICIAL_UNET)
+    audio = [e for name, e in by_name.items() if is_audio_row(name)]
+    if official is None or not audio:
+        return []
+    best = min(audio, key=lambda e: e["rmse"])
+    beats = best["rmse"] < official["rmse"]
+    return [f"- Best audio row beats the official U-Net row of the same run: "
+            f"{'yes' if beats else 'no'} ({best['rmse']:.3f} vs {official['rmse']:.3f} m test "
+            f"RMSE; best audio row: {best['label']})."]
+
+
+def standard_goal_lines(by_name: Dict[str, Row]) -> List[str]:
+    """The standard table's goals (RMSE ratios and train time vs the official U-Net, and a KD
+    gain larger than the seed spread), each with its numbers and met / not met."""
+    official, audio = by_name.get(OFFICIAL_UNET), by_name.get(AUDIO_ONLY)
+    kd = [e for name, e in by_name.items() if is_kd_row(name)]
+    best_kd = min(kd, key=lambda e: e["rmse"]) if kd else None
+    lines = []
+    if official and audio:
+        ratio = audio["rmse"] / official["rmse"]
+        lines.append(f"- Audio-only RMSE <= {AUDIO_ONLY_GOAL:.2f} x the official U-Net's: "
+                     f"{_verdict(ratio <= AUDIO_ONLY_GOAL)} ({audio['rmse']:.3f} vs "
+                     f"{official['rmse']:.3f} m, ratio {ratio:.3f}).")
+        time_ratio = audio["train_seconds"] / official["train_seconds"]
+        lines.append(f"- Audio-only training time <= {TRAIN_TIME_GOAL} x the official U-Net's: "
+                     f"{_verdict(time_ratio <= TRAIN_TIME_GOAL)} ({audio['train_seconds']:.0f} "
+                     f"vs {official['train_seconds']:.0f} s, ratio {time_ratio:.2f}).")
+    if official and best_kd:
+        ratio = best_kd["rmse"] / official["rmse"]
+        lines.append(f"- Best KD RMSE <= {BEST_KD_GOAL:.2f} x the official U-Net's: "
+                     f"{_verdict(ratio <= BEST_KD_GOAL)} ({best_kd['rmse']:.3f} vs "
+                     f"{official['rmse']:.3f} m, ratio {ratio:.3f}; best KD: {best_kd['label']}).")
+    if audio and best_kd:
+        gain = audio["rmse"] - best_kd["rmse"]
+        stds = [audio["rmse_std"], best_kd["rmse_std"]]
+        if None in stds:
+            lines.append(f"- KD gain larger than {SEED_SPREAD_GOAL:g} x the seed spread: not "
+                         f"measurable with one seed (gain {gain:.3f} m).")
+        else:
+            bar = SEED_SPREAD_GOAL * max(stds)
+            lines.append(f"- KD gain larger than {SEED_SPREAD_GOAL:g} x the larger seed std: "
+                         f"{_verdict(gain > bar)} (gain {audio['rmse']:.3f} - "
+                         f"{best_kd['rmse']:.3f} = {gain:.3f} m vs {SEED_SPREAD_GOAL:g} x "
+                         f"{max(stds):.3f} = {bar:.3f} m, {audio['n']} seeds).")
+    return lines
+
+
+def goal_lines(summary: List[Row], goals: str) -> List[str]:
+    """The preset's goal checks plus how many audio rows beat the per-location mean depth map.
+
+    Args:
+        summary: :func:`training.experiments.scoring.summarise` of the table.
+        goals: ``quick`` or ``standard`` (:attr:`Preset.goals`).
+
+    Returns:
+        One markdown bullet per check, each with its numbers.
+    """
+    by_name = {entry["experiment"]: entry for entry in summary}
+    lines = quick_goal_lines(by_name) if goals == "quick" else standard_goal_lines(by_name)
+    prior = by_name.get("location_mean_depth_map")
+    audio = [e for name, e in by_name.items() if is_audio_row(name)]
+    if prior and audio:
+        below = [e for e in audio if e["rmse"] < prior["rmse"]]
+        lines.append(f"- Audio rows below the per-location mean depth map ({prior['rmse']:.3f} m):"
+                     f" {len(below)} of {len(audio)}.")
+    return lines
+
+
+def write_csv(path: Path, rows: List[Row]) -> None:
+    """``results.csv``: one line per run or reference row (rmse, mae in metres; every metric
+    under each protocol, see :func:`metric_column`)."""
+    columns = ["experiment", "label", "seed", "scored", *METRIC_COLUMNS, "n_images", "params",
+               "train_seconds", "run_dir"]
+    lines = [{k: ("" if row.get(k) is None else row[k]) for k in columns} for row in rows]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(lines)
+
+    atomic_write(path, write)
+
+
+def _cell(entry: Row, column: str, digits: int = 3) -> str:
+    value, std = entry.get(column), entry.get(f"{column}_std")
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+# results.md columns: every official metric, then the headline metrics under the other protocols.
+TABLE_COLUMNS = [metric_column(m, OFFICIAL) for m in ("rmse", "abs_rel", "delta1", "mae", "log10")]
+TABLE_COLUMNS += [metric_column(m, p) for p in PROTOCOLS if p != OFFICIAL
+                  for m in ("rmse", "abs_rel", "delta1")]
+
+
+def _column_title(column: str) -> str:
+    metric, _, protocol = column.partition("@")
+    return metric if not protocol else f"{metric} ({PROTOCOLS[protocol].describe()})"
+
+
+def _format_value(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def recorded_settings(run_dir: Path) -> Dict[str, Any]:
+    """The settings a run recorded in its ``config.json``: the flags of its identity (so no
+    operational flag) except the seed and the model group's flags, which the model's own
+    constructor arguments replace (a flag the model ignores is not shown).
+
+    Returns:
+        flag → value, plus ``model`` → ``name(arg=value, ...)``; empty without a config.json.
+    """
+    config = read_json(run_dir / CONFIG_FILE) or {}
+    groups = (config.get("identity") or {}).get("settings", {})
+    settings = {flag: value for group, flags in groups.items() if group != "model"
+                for flag, value in flags.items() if flag not in ("seed", "kind")}
+    model = config.get("model")
+    if model:
+        arguments = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(model["config"].items()))
+        settings["model"] = f"{model['name']}({arguments})"
+    return settings
+
+
+def run_settings(run_dirs: Dict[str, Path]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]]:
+    """:func:`recorded_settings` of each run, split into the settings every run shares and those
+    of each run.
+
+    Args:
+        run_dirs: experiment name → run folder.
+
+    Returns:
+        ``(common, own)``: flag → value, and experiment → {flag → value} for the flags not in
+        ``common``.
+    """
+    recorded = {name: recorded_settings(run_dir) for name, run_dir in run_dirs.items()}
+    shared = set.intersection(*map(set, recorded.values())) if recorded else set()
+    common = {k: next(iter(recorded.values()))[k] for k in sorted(shared)
+              if len({json.dumps(values[k], sort_keys=True) for values in recorded.values()}) == 1}
+    own = {name: {k: v for k, v in sorted(values.items()) if k not in common}
+           for name, values in recorded.items()}
+    return common, own
+
+
+def write_markdown(path: Path, summary: List[Row], preset: Preset,
+                   settings: Tuple[Dict[str, Any], Dict[str, Dict[str, Any]]],
+                   commands: Dict[str, str], command: str, minutes: float,
+                   jobs: int = 1) -> None:
+    """``results.md``: how it was made, the protocols, the table, the goal checks, the settings
+    read from the runs and the seed-0 commands.
+
+    Args:
+        path: file to write.
+        summary: :func:`training.experiments.scoring.summarise` of the table.
+        preset: the preset run (description, seeds, goals).
+        settings: :func:`run_settings` of the seed-0 runs.
+        commands: experiment → its seed-0 command line.
+        command: the invocation that made the table.
+        minutes: how long this invocation took.
+        jobs: runs trained at once.
+    """
+    protocols = "; ".join(f"`{name}`: {p.describe()}" for name, p in PROTOCOLS.items())
+    labels = {e["experiment"]: e["label"] for e in summary}
+    common, own = settings
+    trained = [e for e in summary if e["experiment"] not in REFERENCES]
+    lines = [
+        f"# Experiment table: {preset.description}", "",
+        f"Made by `{command}` ({minutes:.1f} min for this invocation; runs reused from earlier "
+        "invocations are not counted)."
+        + (f" Runs trained {jobs} at once: their training times include that contention."
+           if jobs > 1 else ""), "",
+        f"Test split; mean ± sample std over {preset.seeds} seed(s) (no ± with one seed). Each "
+        "trained run is scored with `evaluate.py` at the checkpoint its row names: `best` = "
+        "lowest validation RMSE, `last` = final epoch (the official recipe has no model "
+        "selection). The reference rows predict the training split's mean depth map (overall / "
+        "of the sample's location), scored by the same metric code. Every row is scored on the "
+        f"ground truth of the `{TABLE_GROUND_TRUTH}` recipe (depth resized by nearest neighbour, "
+        "+inf invalid), whatever recipe its model reads.", "",
+        f"Metric protocols (valid ground-truth pixels): {protocols}. Per image, then mean over "
+        "images; metres; no median scaling; predictions floored at 1 mm inside log10 and delta "
+        "only. rmse, mae in metres; abs_rel, log10 unitless; delta1 = share of pixels with "
+        "max(gt/pred, pred/gt) < 1.25.", "",
+        "| experiment | seeds | scored | " + " | ".join(map(_column_title, TABLE_COLUMNS))
+        + " | params | train s |",
+        "|" + "---|" * (5 + len(TABLE_COLUMNS)),
+    ]
+    for entry in summary:
+        reference = entry["experiment"] in REFERENCES
+        params = entry.get("params")
+        lines.append(
+            f"| {entry['label']} | {'–' if reference else entry['n']} | "
+            f"{'–' if reference else entry['scored']} | "
+            + " | ".join(_cell(entry, c) for c in TABLE_COLUMNS)
+            + f" | {'–' if params is None else f'{params:,}'} | "
+            + ("–" if reference else _cell(entry, "train_seconds", 0)) + " |")
+    lines += ["", "## Goals", "", *goal_lines(summary, preset.goals), "",
+              "## Settings read from the runs (seed 0's config.json)", "",
+              "Every run: " + ", ".join(f"{k}={_format_value(v)}" for k, v in common.items()),
+              ""]
+    lines += [f"- {labels.get(name, name)}: "
+              + ", ".join(f"{k}={_format_value(v)}" for k, v in values.items())
+              for name, values in own.items() if name in labels]
+    lines += ["", "## Commands (seed 0)", ""]
+    lines += [f"- {labels.get(e['experiment'])}: `{commands[e['experiment']]}`" for e in trained
+              if e["experiment"] in commands]
+    lines += ["", "![test RMSE](rmse.png)", "", "![test samples](pictures.png)", ""]
+    text = "\n".join(lines)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_bar_chart(path: Path, summary: List[Row]) -> None:
+    """Horizontal bars of test RMSE (official protocol, metres) with ± std over seeds; the
+    teacher orange, the official U-Net green, references grey."""
+    colour = {TEACHER: "tab:orange", OFFICIAL_UNET: "tab:green"}
+    figure = Figure(figsize=(8, 0.5 * len(summary) + 1.2))
+    ax = figure.subplots()
+    positions = np.arange(len(summary))[::-1]
+    colours = ["tab:grey" if e["experiment"] in REFERENCES else
+               colour.get(e["experiment"], "tab:blue") for e in summary]
+    errors = [e["rmse_std"] or 0.0 for e in summary]
+    ax.barh(positions, [e["rmse"] for e in summary], xerr=errors, color=colours, capsize=3)
+    ax.set_yticks(positions, [e["label"] for e in summary])
+    ax.set_xlabel("test RMSE (m, gt > 0), lower is better")
+    for y, entry in zip(positions, summary):
+        ax.text(entry["rmse"], y, f" {entry['rmse']:.3f}", va="center")
+    save_figure(figure, path)
+
+
+def save_picture_grid(path: Path, columns: Dict[str, Path], count: int,
+                      device: torch.device) -> None:
+    """Rows of test samples: RGB | ground truth | one depth map per checkpoint (with its RMSE).
+
+    Each model reads the test split as its own run did (its saved data arguments: the official
+    U-Net its own recipe); the RGB comes from the first checkpoint's run, and the ground truth
+    too, made by the :data:`TABLE_GROUND_TRUTH` recipe as in the table.
+
+    Args:
+        path: PNG to write.
+        columns: column title → checkpoint file.
+        count: number of samples, spread evenly over the split (so over its locations).
+        device: where the models run.
+    """
+    def test_batch(checkpoint: Checkpoint, use_rgb: bool,
+                   ground_truth: Optional[str] = None) -> Dict[str, Any]:
+        args = argparse.Namespace(**checkpoint["args"])
+        test_set = build_dataset(args, resolve_data_root(args, DistContext()), "test", use_rgb,
+                                 ground_truth)
+        picks = spread_indices(len(test_set), count)
+        return default_collate([test_set[int(i)] for i in picks])
+
+    checkpoints = {title: load_checkpoint(p) for title, p in columns.items()}
+    shown = test_batch(next(iter(checkpoints.values())), use_rgb=True,
+                       ground_truth=TABLE_GROUND_TRUTH)
+    predictions: Dict[str, torch.Tensor] = {}
+    for title, checkpoint in checkpoints.items():
+        uses_rgb = checkpoint["model_name"] == "rgb_depth"
+        batch = test_batch(checkpoint, uses_rgb)
+        model = load_model(checkpoint, device, path=columns[title])
+        with torch.no_grad():
+            predictions[title] = model(batch[RGB if uses_rgb else AUDIO].to(device)).cpu()
+    gt = shown[DEPTH]
+    cmap = colormaps[DEPTH_CMAP].with_extremes(bad=HOLE_COLOUR)
+    n_rows, n_columns = len(gt), 2 + len(columns)
+    figure = Figure(figsize=(2.4 * n_columns, 2.4 * n_rows + 0.4))
+    axes = figure.subplots(n_rows, n_columns, squeeze=False)
+    for row in range(n_rows):
+        truth = gt[row, 0].numpy()
+        norm = Normalize(0.0, float(truth.max()) or 1.0)  # per row: near rooms keep their contrast
+        axes[row, 0].imshow(shown[RGB][row].permute(1, 2, 0).numpy().clip(0, 1))
+        axes[row, 1].imshow(masked_depth(truth), cmap=cmap, norm=norm)
+        titles = ["RGB", "ground truth (white: hole)"]
+        for column, (title, depth) in enumerate(predictions.items(), start=2):
+            axes[row, column].imshow(depth[row, 0].numpy(), cmap=cmap, norm=norm)
+            scores, _ = image_metrics(depth[row:row + 1], gt[row:row + 1])
+            titles.append(f"{title}\nRMSE {scores[0, METRIC_NAMES.index('rmse')]:.2f} m")
+        for ax, title in zip(axes[row], titles):
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.suptitle("test samples; depth colours per row, from 0 to its farthest ground truth")
+    save_figure(figure, path)
