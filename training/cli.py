@@ -159,7 +159,10 @@ def add_optimisation_flags(opt: ArgumentGroup) -> None:
     opt.add_argument("--step_gamma", type=positive_float, default=0.1,
                      help="step scheduler: factor of each drop")
     opt.add_argument("--criterion", choices=tuple(CRITERIA), default="l1",
-                     help="depth loss on valid pixels, on depth / max_depth")
+                     help="depth loss on valid pixels, on depth / max_depth. Under torchrun "
+                          "each mean is over the valid pixels of the whole global batch (every "
+                          "rank's), as in one process; silog, a root of means, is over each "
+                          "rank's own and the ranks' values are averaged")
     opt.add_argument("--smoothness_weight", type=non_negative_float, default=0.0,
                      help="weight of the smoothness term on the prediction (edge-aware on the "
                           "RGB view when the batch has one; 0: off)")

@@ -46,7 +46,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -204,11 +204,30 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         """See :func:`fit`."""
-        # Rank 0 writes the folder: it holds the folder's lock throughout (one writer per run).
-        lock = (run_folder_lock(self.run.run_dir) if self.context.is_main
-                else contextlib.nullcontext())
-        with lock:
+        with self._folder_lock():
             return self._fit()
+
+    @contextlib.contextmanager
+    def _folder_lock(self) -> Iterator[None]:
+        """Hold the run folder's lock throughout (one writer per run): rank 0 takes it, the
+        others learn whether it could, so a folder held by another launch stops every rank with
+        the same line instead of leaving them waiting for rank 0 at the first collective.
+
+        Raises:
+            UsageError: another process holds the lock (on every rank).
+        """
+        with contextlib.ExitStack() as stack:
+            refused: List[Optional[str]] = [None]
+            if self.context.is_main:
+                try:
+                    stack.enter_context(run_folder_lock(self.run.run_dir))
+                except UsageError as error:
+                    refused[0] = str(error)
+            if self.context.distributed:
+                dist.broadcast_object_list(refused, src=0)
+            if refused[0] is not None:
+                raise UsageError(refused[0])
+            yield
 
     def _fit(self) -> Dict[str, Any]:
         args, state, main = self.args, self.state, self.context.is_main

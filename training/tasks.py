@@ -35,7 +35,7 @@ from torch import nn
 
 from datasets.sample import DEPTH, RGB, VALID
 from training.data import mirror
-from training.losses import edge_aware_smoothness, get_criterion
+from training.losses import edge_aware_smoothness, get_criterion, local_count, shared_count
 
 Batch = Dict[str, Any]
 TOTAL = "total"
@@ -83,14 +83,21 @@ class DepthTask(Task):
         self.smoothness_weight = smoothness_weight
 
     def supervised_losses(self, depth: torch.Tensor, batch: Batch) -> Dict[str, torch.Tensor]:
-        """Weighted supervised terms (no ``total``) for predicted depth (B, 1, H, W) in metres."""
+        """Weighted supervised terms (no ``total``) for predicted depth (B, 1, H, W) in metres.
+
+        In training the masked means divide by :func:`training.losses.shared_count` (under
+        torchrun: every rank's valid pixels, so the ranks together optimise the one-process loss
+        of the global batch); in evaluation, where the ranks' shards differ in length, by each
+        batch's own count.
+        """
         depth = depth.float()  # losses in float32 also under autocast
         valid = batch[VALID]
+        count = shared_count if self.training else local_count
         terms = {self.criterion_name: self.criterion(
-            depth / self.max_depth, batch[DEPTH] / self.max_depth, valid)}
+            depth / self.max_depth, batch[DEPTH] / self.max_depth, valid, count)}
         if self.smoothness_weight > 0:
             terms["smoothness"] = self.smoothness_weight * edge_aware_smoothness(
-                depth, valid, batch.get(RGB))
+                depth, valid, batch.get(RGB), count)
         return terms
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
