@@ -1,19 +1,31 @@
-"""Shared fixtures: tiny BatVision V1/V2 trees written through ``datasets.synthetic.writer``.
+"""Shared fixtures and helpers.
 
-Content is noise (audio), random depth with holes and random RGB — enough to exercise readers,
-recipes, caches and models, not a physical world (that is ``datasets.synthetic.world``).
-Use the ``v2_root`` / ``v1_root`` fixtures for a default tree, or ``write_v2_tree`` /
-``write_v1_tree`` (exposed as fixtures of the same name) for custom ones.
+Tiny BatVision V1/V2 trees written through ``datasets.synthetic.writer``: content is noise
+(audio), random depth with holes and random RGB — enough to exercise readers, recipes, caches and
+models, not a physical world (that is ``datasets.synthetic.world``). Use the ``v2_root`` /
+``v1_root`` fixtures for a default tree, or ``write_v2_tree`` / ``write_v1_tree`` (exposed as
+fixtures of the same name) for custom ones.
+
+Training runs on a tiny tree (``test_engine``, ``test_run``, ``test_saver``, ``test_device``,
+``test_tracking``): the ``data_root`` fixture, :func:`train_argv` and :func:`stop_message`; and
+:func:`parse`, the command line as ``start_run`` parses it (``test_cli``, ``test_run``). Import
+the functions with ``from tests.conftest import ...``.
+
+Every test runs on one intra-op thread (see :func:`one_thread_and_restored_determinism`).
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pytest
+import torch
 
+import train_rgb_depth
 from datasets.synthetic.writer import V2_WAV_FRAMES, Recording, V1Writer, V2Writer
+from training import cli
 
 DEFAULT_COUNTS: Mapping[str, int] = {"train": 3, "val": 2, "test": 1}
 # Not in sorted order on purpose: readers must sort, never trust creation/listdir order.
@@ -106,3 +118,62 @@ def v2_root(tmp_path: Path) -> Path:
 def v1_root(tmp_path: Path) -> Path:
     """A fresh tiny V1 tree: 2 locations × (3 train, 2 val, 1 test), 5,000-sample ears."""
     return write_v1_tree(tmp_path / "bv1")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_restored_determinism(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """One intra-op thread for every test, and --deterministic's process-wide flag reset
+    afterwards.
+
+    The models under test are tiny and this machine's 2 cores are shared: with torch's default
+    of one thread per core, a busy neighbour makes each thread wait on the other and tests run
+    up to ten times slower. ``OMP_NUM_THREADS=1`` keeps the scripts run in-process (and the
+    subprocesses) on one thread too: ``--threads auto`` would otherwise measure the load, which
+    takes 0.25 s and changes from run to run, and two runs compared bit for bit (stopped and
+    resumed against uninterrupted) must use the same thread count. The tests of the ``auto``
+    rule delete it. The thread count is restored after each test, since ``--threads`` sets it.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        # Only when changed: the first call imports torch._inductor (seconds).
+        torch.use_deterministic_algorithms(deterministic)
+
+
+# --- training runs on a tiny tree -----------------------------------------------------------
+
+RUN_COUNTS: Mapping[str, int] = {"train": 4, "val": 2, "test": 1}  # per location; 2 locations
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A tiny V2 tree of noise: 2 locations x (4 train, 2 val, 1 test), 32x32."""
+    return write_v2_tree(tmp_path / "bv2", locations=("Loc_B", "Loc_A"), counts=RUN_COUNTS,
+                         depth_shape=(32, 32))
+
+
+def train_argv(root: Path, checkpoint_dir: Path, name: str, *extra: str) -> List[str]:
+    """A training script's command line for a 2-epoch run of a width-4 model on ``root``
+    (2 steps of batch 4 per epoch on ``data_root``), deterministic, no pictures."""
+    return ["--dataset", "batvisionv2", "--data_root", str(root), "--image_size", "32",
+            "--base_channels", "4", "--batch_size", "4", "--nb_epochs", "2", "--num_workers", "0",
+            "--checkpoint_dir", str(checkpoint_dir), "--experiment_name", name,
+            "--num_val_images", "0", "--deterministic", *extra]
+
+
+def stop_message(argv: List[str]) -> str:
+    """The one-line message that stops ``train_rgb_depth.py argv``."""
+    with pytest.raises(SystemExit) as error:
+        train_rgb_depth.main(argv)
+    message = str(error.value.code)
+    assert "\n" not in message
+    return message
+
+
+def parse(kind: str, argv: List[str]) -> argparse.Namespace:
+    """What start_run parses: the command line after its --config file's flags."""
+    parser = cli.build_parser(kind, None)
+    return parser.parse_args(cli.with_config(parser, argv))

@@ -254,6 +254,16 @@ def test_empty_split_is_an_error(v2_root):
 
 # --- DataLoader workers --------------------------------------------------------------------
 
+def _read_all(loader: DataLoader) -> None:
+    """Every batch of ``loader``; a DataError is raised without the frames it came from. Those
+    hold the loader's iterator, and an iterator with workers that the garbage collector frees
+    later waits 5 s per worker to stop them: a 10 s stall in whichever test runs then."""
+    try:
+        list(loader)
+    except DataError as error:
+        raise error.with_traceback(None)
+
+
 def test_data_error_from_a_worker_is_the_same_one_line(v2_root):
     """torch re-raises a worker's exception from its traceback text; the line must survive."""
     dataset = BatvisionV2Dataset(v2_root, "train", image_size=SIZE)
@@ -262,7 +272,7 @@ def test_data_error_from_a_worker_is_the_same_one_line(v2_root):
     with pytest.raises(DataError) as in_process:
         list(DataLoader(dataset, batch_size=2, num_workers=0))
     with pytest.raises(DataError) as from_worker:
-        list(DataLoader(dataset, batch_size=2, num_workers=2))
+        _read_all(DataLoader(dataset, batch_size=2, num_workers=2))
     assert str(from_worker.value) == str(in_process.value) == f"{path}: file not found"
     assert from_worker.value.path == str(path) and from_worker.value.problem == "file not found"
 
@@ -278,6 +288,7 @@ def test_data_error_message_is_one_line():
         "/f.npy: corrupt .npy (Header is not a dict)"
 
 
+@pytest.mark.slow
 def test_training_with_workers_reports_the_bad_file_in_one_line(tmp_path, write_v2_tree):
     """The whole path: DataLoader workers → engine → user_errors, as the user runs it."""
     import train_binaural_attention

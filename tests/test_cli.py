@@ -1,27 +1,32 @@
-"""The shared command line: flag validation at parse time, ``--config`` files, resume kinds."""
+"""The shared command line: flag validation at parse time, ``--config`` files, help."""
 from __future__ import annotations
 
-import argparse
 import subprocess
-import sys
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 import pytest
-import torch
 
-from common.errors import UsageError
+import train_binaural_attention
+from tests.conftest import parse
 from training import cli
-from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE
-from training.run import start_run, write_resolved_config
-
-REPO = Path(__file__).resolve().parent.parent
 
 
-def parse(kind: str, argv: List[str]) -> argparse.Namespace:
-    """What start_run parses: the command line after its --config file's flags."""
-    parser = cli.build_parser(kind, None)
-    return parser.parse_args(cli.with_config(parser, argv))
+def command_line(main: Callable[[List[str]], None], argv: List[str],
+                 capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess:
+    """``main(argv)`` run in this process, as its command line would end: the exit status and
+    stderr, where the interpreter prints a ``SystemExit`` message. (A subprocess would import
+    torch afresh, several seconds a case on this machine; ``test_scripts`` runs one for real.)"""
+    capsys.readouterr()
+    try:
+        main(argv)
+        code: object = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    if code is None or isinstance(code, int):
+        return subprocess.CompletedProcess(argv, code or 0, captured.out, captured.err)
+    return subprocess.CompletedProcess(argv, 1, captured.out, f"{captured.err}{code}\n")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -44,11 +49,10 @@ def test_out_of_range_flags_are_one_line_parse_errors(
     assert message in err and err.count("\n") == 1
 
 
-def test_heads_must_divide_every_attended_width() -> None:
+def test_heads_must_divide_every_attended_width(capsys: pytest.CaptureFixture[str]) -> None:
     """base 8: level 4 has 64 channels, which 3 heads do not divide (the run would crash)."""
-    command = [sys.executable, "train_binaural_attention.py", "--base_channels", "8",
-               "--attention_levels", "4,5", "--num_heads", "3"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    command = ["--base_channels", "8", "--attention_levels", "4,5", "--num_heads", "3"]
+    result = command_line(train_binaural_attention.main, command, capsys)
     assert result.returncode == 2
     assert "--num_heads 3" in result.stderr and "level 4 has 64 channels" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
@@ -94,41 +98,15 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path: Path) -> 
     ("learning_rate: fast\n", "bad.yaml: --learning_rate: expected float, got 'fast'"),
     ("scheduler: fast\n", "bad.yaml: --scheduler: invalid choice 'fast'"),
 ])
-def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, problem: str) -> None:
+def test_bad_config_files_are_one_line_errors(tmp_path: Path, text: str, problem: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    command = [sys.executable, "train_binaural_attention.py", "--config", str(config)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    command = ["--config", str(config)]
+    result = command_line(train_binaural_attention.main, command, capsys)
     assert result.returncode != 0
     assert problem in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
-
-
-def test_resolved_config_repeats_the_run(tmp_path: Path) -> None:
-    """config.yaml, as a run writes it, given back to --config gives the same arguments."""
-    args = parse("kd", ["--base_channels", "8", "--attention_levels", "4,5", "--lambda_feat",
-                        "0.05", "--feature_levels", "d1,x3", "--mirror_augment",
-                        "--max_depth", "15", "--teacher_checkpoint", "t.pth"])
-    path = tmp_path / RESOLVED_CONFIG_FILE
-    write_resolved_config(path, args)
-    again = parse("kd", ["--config", str(path)])
-    expected = {k: v for k, v in vars(args).items() if k != "config"}
-    assert {k: v for k, v in vars(again).items() if k != "config"} == expected
-
-
-def _fake_checkpoint(path: Path, kind: str, model_name: str) -> None:
-    path.parent.mkdir(parents=True)
-    torch.save({"format_version": FORMAT_VERSION, "model_name": model_name, "model_config": {},
-                "model_state": {}, "args": {}, "identity": {"kind": kind}}, path)
-
-
-@pytest.mark.parametrize("saved_kind, script_kind", [("kd", "student"), ("student", "kd")])
-def test_resuming_a_run_of_another_kind_stops(tmp_path: Path, saved_kind: str,
-                                              script_kind: str) -> None:
-    run_dir = tmp_path / "run"
-    _fake_checkpoint(run_dir / LAST_CHECKPOINT, saved_kind, "binaural_attention")
-    with pytest.raises(UsageError, match=f"a {cli.KIND_SCRIPTS[saved_kind]} run; resume it"):
-        start_run(cli.build_parser(script_kind, None), ["--resume", str(run_dir)])
 
 
 def test_every_flag_has_help() -> None:

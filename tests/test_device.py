@@ -1,7 +1,9 @@
-"""The CPU thread policy of ``training.device``: explicit counts, ``OMP_NUM_THREADS``, the
-free-core rule of ``auto`` and its load measurement."""
+"""``training.device``: the CPU thread policy (explicit counts, ``OMP_NUM_THREADS``, the
+free-core rule of ``auto`` and its load measurement), --amp and the flags a device cannot honour,
+and the CUDA kernel settings."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Iterator
@@ -10,10 +12,11 @@ import pytest
 import torch
 
 from common.errors import UsageError
+from tests.conftest import stop_message, train_argv
 from training import device
 from training.device import (
-    busy_cores, configure_threads, default_num_workers, free_core_threads, threads_per_job,
-    usable_cpus,
+    amp_dtype, busy_cores, check_device_flags, configure_cuda_kernels, configure_threads,
+    default_num_workers, free_core_threads, threads_per_job, usable_cpus,
 )
 
 
@@ -171,3 +174,53 @@ def test_busy_cores_falls_back_to_the_load_average(tmp_path: Path,
 
 def _must_not_measure() -> None:
     raise AssertionError("auto measured the load where the rule says it should not")
+
+
+def test_amp_modes_and_flags_the_device_cannot_honour(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_dtype("none", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16  # honoured on CPU too
+    assert amp_dtype("fp16", cpu) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Tesla V100")
+    with pytest.raises(UsageError) as error:
+        amp_dtype("bf16", cuda)
+    assert str(error.value) == "--amp bf16: Tesla V100 has no bfloat16 support; use --amp fp16"
+    assert amp_dtype("fp16", cuda) is torch.float16
+
+    args = argparse.Namespace(amp="none", sync_bn=True, compile=False)
+    with pytest.raises(UsageError) as error:
+        check_device_flags(args, cpu)
+    assert str(error.value) == ("--sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this "
+                                "run is on cpu")
+    args.sync_bn, args.compile = False, True
+    check_device_flags(args, cpu)
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    with pytest.raises(UsageError, match="^--compile: torch.compile is not supported"):
+        check_device_flags(args, cpu)
+
+
+def test_a_flag_the_device_cannot_honour_stops_the_script_with_one_line(
+        data_root: Path, tmp_path: Path) -> None:
+    message = stop_message(train_argv(data_root, tmp_path, "sync", "--sync_bn"))
+    assert message == ("error: --sync_bn needs CUDA (SyncBatchNorm runs on GPUs only); this run "
+                       "is on cpu")
+    assert not (tmp_path / "sync").exists()
+
+
+def test_cuda_kernel_settings_only_on_cuda_and_autotuning_only_when_not_deterministic() -> None:
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
+        configure_cuda_kernels(torch.device("cpu"), deterministic=False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+        configure_cuda_kernels(torch.device("cuda"), deterministic=True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert not torch.backends.cudnn.benchmark
+        configure_cuda_kernels(torch.device("cuda"), deterministic=False)
+        assert torch.backends.cudnn.benchmark
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = flags

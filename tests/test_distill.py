@@ -263,6 +263,7 @@ def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Path]:
     return root, base / "runs" / "teacher" / LAST_CHECKPOINT
 
 
+@pytest.mark.slow
 def test_distillation_stopped_and_resumed_equals_an_uninterrupted_run(
         teacher_run, tmp_path: Path) -> None:
     """Two epochs of 3 steps with a linear ramp over 4.5 steps: epoch 2 runs mid-ramp, so a
@@ -310,6 +311,7 @@ def test_distillation_stopped_and_resumed_equals_an_uninterrupted_run(
     assert resumed["identity"]["teacher"] == checkpoint_fingerprint(load_checkpoint(teacher))
 
 
+@pytest.mark.slow
 def test_kd_without_kd_terms_trains_exactly_the_audio_only_student(teacher_run,
                                                                     tmp_path: Path) -> None:
     """With both KD weights at 0 a distillation run is the audio-only run of the same seed,
@@ -334,6 +336,7 @@ def _flatten(tree: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+@pytest.mark.slow
 def test_teacher_of_the_wrong_model_size_or_range_is_refused(teacher_run,
                                                              tmp_path: Path) -> None:
     root, teacher = teacher_run

@@ -78,6 +78,8 @@ def test_a_variant_that_fails_is_a_row_of_the_report_not_the_end_of_the_check(
     assert gpu_check.goal_verdict([row], dry=False)["verdict"] == "not measured"
 
 
+# Compiles and trains each compiled variant.
+@pytest.mark.slow
 def test_compile_only_and_one_section_measure_just_the_compiled_training_variants(tmp_path: Path) -> None:
     report = gpu_check.main(["--device", "cpu", "--compile", "only", "--models", "student",
                              "--sections", "training",

@@ -72,6 +72,7 @@ def runs(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Pat
     return {name: checkpoints / name for name in SCRIPTS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", list(SCRIPTS))
 def test_one_short_epoch_writes_the_run_folder(runs: Dict[str, Path], model_name: str) -> None:
     run = runs[model_name]
@@ -96,6 +97,7 @@ def test_one_short_epoch_writes_the_run_folder(runs: Dict[str, Path], model_name
     assert load_checkpoint(run / LAST_CHECKPOINT)["model_name"] == model_name
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_per_image_csv(
         runs: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     evaluate.main(["--checkpoint", str(runs["binaural_attention"]), "--out", str(tmp_path),
@@ -112,6 +114,7 @@ def test_evaluate_writes_metrics_and_per_image_csv(
     assert "rmse" in table and "delta3" in table
 
 
+@pytest.mark.slow
 def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
         runs: Dict[str, Path], tmp_path: Path) -> None:
     saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)
@@ -145,6 +148,7 @@ def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
     assert own["data_fingerprint"] != split_fingerprint(args, root, "val")
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_refuse_non_finite_weights(
         runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
     saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)
@@ -162,6 +166,7 @@ def test_evaluate_and_predict_refuse_non_finite_weights(
     assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_predict_from_a_wav_and_refuses_the_wrong_input(
         runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
     wav = sorted((world / "v2").glob("*/audio/*.wav"))[0]
@@ -233,6 +238,9 @@ def test_bad_inputs_give_one_line_errors(
     assert not (tmp_path / "checkpoints").exists()
 
 
+# The one test of what a real interpreter prints and returns (a fresh one imports torch:
+# several seconds on a busy 2-core machine); test_cli checks its cases in-process.
+@pytest.mark.slow
 def test_missing_data_root_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_root"
     result = subprocess.run(

@@ -24,6 +24,8 @@ def test_match_prints_table_and_exits_0(capsys: pytest.CaptureFixture) -> None:
     assert table[-1].startswith("parameters: teacher ")
 
 
+# A fresh interpreter that imports torch: several seconds on a busy 2-core machine.
+@pytest.mark.slow
 def test_json_from_the_command_line() -> None:
     process = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--json"],
                              capture_output=True, text=True, cwd=SCRIPT.parent)
