@@ -18,6 +18,7 @@ import torch
 from common.errors import UsageError
 from training import device
 from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
+from training.cli import parse_script_argv
 from training.errors import TrainingError
 from training.experiments import presets, runs
 from training.experiments.main import build_parser, main, make_setup
@@ -347,7 +348,7 @@ def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         device="cpu", runs_dir=tmp_path, on_mismatch="retrain", launch=InProcess())
     for experiment in chosen.experiments:
         spec = runs.run_spec(experiment, 0, setup)
-        args = runs.parse_argv(spec.experiment.kind, spec.argv)
+        args = parse_script_argv(spec.experiment.kind, spec.argv)
         assert args.image_size == chosen.image_size and args.batch_size == chosen.batch_size
         assert (args.model if experiment.kind == "student" else None) == (
             "official_unet" if experiment.name == OFFICIAL_UNET else
@@ -419,6 +420,7 @@ def test_a_failed_teacher_fails_its_students_and_the_other_runs_still_finish(
     assert trained == {TEACHER, OFFICIAL_UNET, AUDIO_ONLY}  # no KD run started
 
 
+@pytest.mark.slow  # starts the scripts in child processes
 def test_with_several_jobs_a_failed_script_is_one_line_quoting_its_log(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "eval.log"
     with pytest.raises(TrainingError) as failed:

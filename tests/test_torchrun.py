@@ -213,8 +213,9 @@ def test_a_folder_in_use_stops_every_rank_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines()
                 if line.startswith("error: ") and "being written by another" in line]
-    assert len(refusals) == 2, result.stderr[-3000:]  # one line per rank, no traceback
-    assert "Traceback" not in result.stderr
+    assert len(refusals) == 2, result.stderr[-3000:]  # one line per rank
+    # torchrun's launcher prints its own traceback of the failed children; ours print none.
+    assert f'File "{REPO / "training"}' not in result.stderr, result.stderr[-3000:]
 
 
 @pytest.mark.slow
