@@ -65,32 +65,8 @@ def test_torchrun_two_processes_equal_one_process(tmp_path: Path) -> None:
             "--base_channels", "4", "--batch_size", "4", "--nb_epochs", "1", "--num_workers", "0",
             "--optimizer", "sgd", "--learning_rate", "0.1", "--num_val_images", "0",
             "--device", "cpu", "--checkpoint_dir", str(tmp_path)]
-    command: List[str] = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc_per_node", "2", "train_rgb_depth.py", *argv,
-                          "--experiment_name", "two"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_rgb_depth.main([*argv, "--experiment_name", "one"])
-    finally:
-        torch.set_num_threads(threads)
-
-    two = load_checkpoint(tmp_path / "two" / LAST_CHECKPOINT)
-    one = load_checkpoint(tmp_path / "one" / LAST_CHECKPOINT)
-    assert two["global_step"] == one["global_step"] == 2
-    # Parameters only: BatchNorm's running variance uses the unbiased n/(n-1) of each process's
-    # own batch, so it differs slightly by construction.
-    parameter_keys = [k for k in one["model_state"]
-                      if "running" not in k and "num_batches" not in k]
-    for key in parameter_keys:
-        torch.testing.assert_close(two["model_state"][key], one["model_state"][key],
-                                   rtol=1e-4, atol=1e-6, msg=key)
-    assert two["metrics"]["n_images"] == one["metrics"]["n_images"] == 4  # reduced over ranks
-    for name in METRIC_NAMES:
-        assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5), name
+    two, one = _run_twice(train_rgb_depth, argv, tmp_path)
+    _assert_same_training(two, one, n_images=4)
     for term, value in one["history"][0]["train"].items():
         assert two["history"][0]["train"][term] == pytest.approx(value, rel=1e-5), term
 
@@ -145,14 +121,17 @@ def _run_twice(script: Any, argv: List[str], tmp_path: Path) -> Tuple[Dict, Dict
             load_checkpoint(tmp_path / "one" / LAST_CHECKPOINT))
 
 
-def _assert_same_training(two: Dict, one: Dict) -> None:
-    """Same weights after the same steps, same validation metrics."""
+def _assert_same_training(two: Dict, one: Dict, n_images: int) -> None:
+    """Same weights after the same steps, same validation metrics over ``n_images`` (reduced
+    over the ranks)."""
     assert two["global_step"] == one["global_step"] == 2
+    # Parameters only: BatchNorm's running variance uses the unbiased n/(n-1) of each process's
+    # own batch, so it differs slightly by construction.
     for key in one["model_state"]:
-        if "running" not in key and "num_batches" not in key:  # BatchNorm: per-process n-1
+        if "running" not in key and "num_batches" not in key:
             torch.testing.assert_close(two["model_state"][key], one["model_state"][key],
                                        rtol=1e-4, atol=1e-6, msg=key)
-    assert two["metrics"]["n_images"] == one["metrics"]["n_images"] == 3
+    assert two["metrics"]["n_images"] == one["metrics"]["n_images"] == n_images
     for name in METRIC_NAMES:
         assert two["metrics"][name] == pytest.approx(one["metrics"][name], rel=1e-5), name
 
@@ -182,7 +161,7 @@ def test_with_different_holes_per_rank_the_student_trains_as_one_process(
     they weigh in one process, not 1 / (their count) each."""
     two, one = _run_twice(train_binaural_attention,
                           [*_argv(holey_tree, tmp_path), "--criterion", "l1_l2"], tmp_path)
-    _assert_same_training(two, one)
+    _assert_same_training(two, one, n_images=3)
 
 
 @pytest.mark.slow
@@ -195,7 +174,7 @@ def test_with_different_holes_per_rank_distillation_trains_as_one_process(
             "--lambda_depth", "1", "--kd_schedule", "gated", "--lambda_feat", "0.05",
             "--feature_levels", "d3,d4"]
     two, one = _run_twice(train_distillation, argv, tmp_path)
-    _assert_same_training(two, one)
+    _assert_same_training(two, one, n_images=3)
 
 
 @pytest.mark.slow
