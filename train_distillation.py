@@ -25,7 +25,9 @@ from common.errors import UsageError
 from models import build_model
 from training import cli
 from training.data import build_data
-from training.distill import DistillationTask, check_teacher_range, load_teacher
+from training.distill import (
+    DistillationTask, check_teacher_range, load_teacher, untrained_twin,
+)
 from training.engine import fit
 from training.run import Run, median_depth_of, run_main
 
@@ -46,6 +48,8 @@ def train(run: Run) -> None:
     # audio-only student, so a KD row differs from it by the KD alone.
     with torch.random.fork_rng(devices=[]):
         teacher = load_teacher(args.teacher_checkpoint, args.image_size)
+        feature_teacher = (untrained_twin(teacher, args.seed)
+                           if args.feature_teacher == "random" else None)
     data = build_data(args, run.context, use_rgb=True)
     check_teacher_range(teacher, data.max_depth, args.teacher_checkpoint)
     student = build_model(run.model_name, **run.model_config(median_depth_of(data)))
@@ -55,7 +59,7 @@ def train(run: Run) -> None:
         feature_weight=args.lambda_feat, feature_levels=args.feature_levels,
         matching=args.feature_matching, depth_kd=args.depth_kd, schedule=args.kd_schedule,
         ramp_steps=args.kd_ramp_epochs * len(data.train_loader),
-        confidence_tau=args.confidence_tau)
+        confidence_tau=args.confidence_tau, feature_teacher=feature_teacher)
     task.step = run.checkpoint["global_step"] if run.checkpoint else 0
     fit(task, data, run)
 

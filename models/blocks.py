@@ -184,6 +184,19 @@ class UNetDecoder(nn.Module):
         return decoded
 
 
+def depth_logit(depth: float, max_depth: float) -> float:
+    """The pre-sigmoid value at which ``sigmoid(·) × max_depth`` gives ``depth`` metres.
+
+    Raises:
+        ValueError: ``depth`` outside (0, max_depth).
+    """
+    if not 0.0 < depth < max_depth:
+        raise ValueError(f"head init depth must lie in (0, max_depth={max_depth}) metres, "
+                         f"got {depth}")
+    fraction = depth / max_depth
+    return math.log(fraction / (1.0 - fraction))
+
+
 class DepthHead(nn.Module):
     """1x1 conv → sigmoid × max_depth: depth in metres, bounded to [0, max_depth].
 
@@ -208,13 +221,8 @@ class DepthHead(nn.Module):
         self.conv = nn.Conv2d(in_channels, 1, kernel_size=1)
         self.max_depth = max_depth
         if init_depth is not None:
-            if not 0.0 < init_depth < max_depth:
-                raise ValueError(
-                    f"head init depth must lie in (0, max_depth={max_depth}) metres, got {init_depth}"
-                )
-            fraction = init_depth / max_depth
             nn.init.normal_(self.conv.weight, std=HEAD_INIT_WEIGHT_STD)
-            nn.init.constant_(self.conv.bias, math.log(fraction / (1.0 - fraction)))
+            nn.init.constant_(self.conv.bias, depth_logit(init_depth, max_depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in, H, W) → (B, 1, H, W) depth in metres."""

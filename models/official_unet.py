@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from models.blocks import check_input
+from models.blocks import HEAD_INIT_WEIGHT_STD, check_input, depth_logit
 from models.rgb_depth_model import DEFAULT_MAX_DEPTH
 
 # pix2pix always builds the outermost level, three width-doubling levels and the innermost one.
@@ -108,12 +108,23 @@ class OfficialUNet(nn.Module):
         max_depth: metres; the sigmoid output (normalised depth) is multiplied by it.
         input_nc: input channels (2: left and right ear).
         output_nc: output channels (1: depth).
+        head_init_depth: ``None`` keeps pix2pix's initialisation (the sigmoid starts near
+            ``max_depth / 2``); metres in (0, max_depth) start every prediction there instead,
+            exactly as the student's :class:`models.blocks.DepthHead` does (output bias
+            ``logit(depth / max_depth)``, output weights of standard deviation
+            :data:`models.blocks.HEAD_INIT_WEIGHT_STD`), so the two architectures can share
+            that lever of the training recipe.
+
+    Raises:
+        ValueError: ``num_downs`` below :data:`MIN_NUM_DOWNS`, or ``head_init_depth`` outside
+            (0, max_depth).
     """
 
     model_name = "official_unet"
 
     def __init__(self, ngf: int = 32, num_downs: int = 7, max_depth: float = DEFAULT_MAX_DEPTH,
-                 input_nc: int = 2, output_nc: int = 1) -> None:
+                 input_nc: int = 2, output_nc: int = 1,
+                 head_init_depth: Optional[float] = None) -> None:
         super().__init__()
         if num_downs < MIN_NUM_DOWNS:
             raise ValueError(f"num_downs must be >= {MIN_NUM_DOWNS} (the pix2pix U-Net's fixed "
@@ -121,6 +132,8 @@ class OfficialUNet(nn.Module):
         self.config: Dict[str, Any] = dict(ngf=ngf, num_downs=num_downs,
                                            max_depth=float(max_depth), input_nc=input_nc,
                                            output_nc=output_nc)
+        if head_init_depth is not None:  # old checkpoints' configs lack the key: same model
+            self.config["head_init_depth"] = float(head_init_depth)
         self.input_nc = input_nc
         self.num_downs = num_downs
         self.max_depth = float(max_depth)
@@ -133,6 +146,10 @@ class OfficialUNet(nn.Module):
             level = _Level(widths[i - 1], widths[i - 1], widths[i], level)
         self.net = _Level(input_nc, output_nc, ngf, level, outermost=True)
         self._initialise()
+        if head_init_depth is not None:
+            output = self.net.up[-1]
+            nn.init.normal_(output.weight, std=HEAD_INIT_WEIGHT_STD)
+            nn.init.constant_(output.bias, depth_logit(float(head_init_depth), self.max_depth))
 
     def _initialise(self) -> None:
         """pix2pix's initialisation: conv weights ~ N(0, 0.02), BN scales ~ N(1, 0.02), biases 0."""
@@ -167,8 +184,9 @@ class OfficialUNet(nn.Module):
 
 
 def create_official_unet(ngf: int = 32, num_downs: int = 7, max_depth: float = DEFAULT_MAX_DEPTH,
-                         input_nc: int = 2, output_nc: int = 1) -> OfficialUNet:
+                         input_nc: int = 2, output_nc: int = 1,
+                         head_init_depth: Optional[float] = None) -> OfficialUNet:
     """Build the official BatVision U-Net (see :class:`OfficialUNet`; for another square input
     size pass ``num_downs=official_num_downs(size)``)."""
     return OfficialUNet(ngf=ngf, num_downs=num_downs, max_depth=max_depth, input_nc=input_nc,
-                        output_nc=output_nc)
+                        output_nc=output_nc, head_init_depth=head_init_depth)

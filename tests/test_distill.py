@@ -21,9 +21,11 @@ from training.distill import (
     FeatureAdapters,
     depth_kd_loss,
     feature_kd_loss,
+    hardest_pixels,
     schedule_factor,
     teacher_confidence,
     teacher_gate,
+    untrained_twin,
 )
 
 
@@ -163,7 +165,7 @@ def _task(**kwargs) -> DistillationTask:
     return DistillationTask(student, teacher, 30.0, IMAGE, **kwargs)
 
 
-@pytest.mark.parametrize("schedule", ["constant", "confidence", "gated"])
+@pytest.mark.parametrize("schedule", ["constant", "confidence", "gated", "hard_pixels", "holes"])
 def test_one_step_trains_student_and_adapters_and_leaves_the_teacher_alone(schedule: str) -> None:
     task = _task(depth_weight=1.0, feature_weight=0.5, feature_levels=["d2", "x3"],
                  schedule=schedule)
@@ -359,3 +361,118 @@ def test_teacher_of_the_wrong_model_size_or_range_is_refused(teacher_run,
         train_distillation.main(_train_args(root, tmp_path, "b") + [
             "--teacher_checkpoint", str(not_a_teacher)])
     assert not any((tmp_path / name / LAST_CHECKPOINT).exists() for name in "abc")
+
+
+# --------------------------------------------------------------------------------------------
+# The gate's controls: each keeps the gated term's structure without one part of the teacher
+
+
+class _FixedTeacher(torch.nn.Module):
+    """A "teacher" that predicts a given depth map, so the terms can be checked by hand."""
+
+    model_name = "rgb_depth"
+
+    def __init__(self, depth: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("depth", depth)
+        self.config = {"max_depth": 10.0}
+
+    def forward(self, rgb: torch.Tensor, return_features: bool = False):
+        return self.depth, {}
+
+
+def _hand_batch() -> Tuple[dict, torch.Tensor, torch.Tensor]:
+    """Ground truth with two holes, a teacher and a student: the teacher is closer on the pixels
+    of index 0 and 2 (the gate passes 2 of 6 valid pixels); the student errs most on 5 and 4."""
+    gt = torch.tensor([[[[2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 0.0, 0.0]]]])
+    teacher = torch.tensor([[[[2.1, 3.9, 4.1, 5.2], [3.5, 0.5, 1.0, 9.0]]]])
+    student = torch.tensor([[[[2.5, 3.5, 3.0, 5.1], [8.0, 4.0, 2.0, 2.0]]]])
+    batch = {"audio": torch.zeros(1, 2, 2, 4), "rgb": torch.zeros(1, 3, 2, 4), "depth": gt,
+             "valid": gt > 0}
+    return batch, teacher, student
+
+
+def _kd_gradient(schedule: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    batch, teacher, student = _hand_batch()
+    task = DistillationTask(build_model("binaural_attention", base_channels=BASE, max_depth=10.0),
+                            _FixedTeacher(teacher), 10.0, IMAGE, schedule=schedule)
+    student = student.clone().requires_grad_(True)
+    kd = task.kd_terms(student, {}, batch)["kd_depth"]
+    kd.backward()
+    return kd.detach(), student.grad
+
+
+def test_hardest_pixels_keeps_exactly_that_many_valid_pixels_of_largest_error() -> None:
+    batch, _, student = _hand_batch()
+    chosen = hardest_pixels(student, batch["depth"], batch["valid"], 2)
+    # errors on the valid pixels: 0.5, 0.5, 1.0, 0.1, 2.0, 3.0 -> pixels 5 and 4
+    assert chosen.flatten().tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    everything = hardest_pixels(student, batch["depth"], batch["valid"], 100)
+    assert torch.equal(everything.bool(), batch["valid"])  # never a hole, whatever the count
+    assert hardest_pixels(student, batch["depth"], batch["valid"], 0).sum() == 0
+
+
+def test_hard_pixel_control_pulls_towards_the_ground_truth_on_the_gates_share() -> None:
+    """The gate passes pixels 0 and 2 (teacher closer); the control spends that share, 2 pixels,
+    on the student's worst (4 and 5), with the ground truth as target: the gradient there is
+    sign(s - g) / (8 pixels x 10 m) and zero everywhere else, holes included."""
+    loss, grad = _kd_gradient("hard_pixels")
+    assert loss.item() == pytest.approx((2.0 + 3.0) / 10.0 / 8)
+    expected = torch.zeros(8)
+    expected[4], expected[5] = 1.0 / 80, -1.0 / 80
+    assert grad.flatten().tolist() == pytest.approx(expected.tolist())
+
+
+def test_gated_kd_on_valid_pixels_is_the_ground_truths_gradient_where_it_passes() -> None:
+    """The reason the control exists: where the gate passes, the L1 gradient towards the teacher
+    equals the one towards the ground truth (same sign)."""
+    _, grad = _kd_gradient("gated")
+    batch, _, student = _hand_batch()
+    passed = torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.bool)
+    valid_grad = grad.flatten()[:6]
+    towards_gt = torch.sign(student - batch["depth"]).flatten()[:6] / 80
+    assert torch.equal(valid_grad[passed], towards_gt[passed])
+    assert (valid_grad[~passed] == 0).all()
+
+
+def test_hole_only_kd_touches_no_valid_pixel() -> None:
+    """The holes get the gate's hole weight (2 of 6 valid pixels passed: 1/3) towards the
+    teacher; every valid pixel gets no gradient at all."""
+    loss, grad = _kd_gradient("holes")
+    assert (grad.flatten()[:6] == 0).all()
+    # holes: student 2.0 vs teacher 1.0 (above) and 9.0 (below)
+    assert grad.flatten()[6:].tolist() == pytest.approx([1 / 3 / 80, -1 / 3 / 80])
+    assert loss.item() == pytest.approx((1.0 + 7.0) / 3 / 10.0 / 8)
+
+
+def test_hard_pixel_control_reads_no_ground_truth_outside_its_chosen_pixels() -> None:
+    batch, teacher, student = _hand_batch()
+    task = DistillationTask(build_model("binaural_attention", base_channels=BASE, max_depth=10.0),
+                            _FixedTeacher(teacher), 10.0, IMAGE, schedule="hard_pixels")
+    clean = task.kd_terms(student, {}, batch)["kd_depth"]
+    batch["depth"] = torch.where(batch["valid"], batch["depth"], torch.full_like(student, math.nan))
+    assert task.kd_terms(student, {}, batch)["kd_depth"].item() == clean.item()
+
+
+def test_random_feature_teacher_is_an_untrained_twin_drawn_from_the_seed() -> None:
+    torch.manual_seed(0)
+    teacher = build_model("rgb_depth", base_channels=BASE, max_depth=30.0)
+    state = torch.random.get_rng_state()
+    twin, again, other = (untrained_twin(teacher, seed) for seed in (3, 3, 4))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream untouched
+    assert twin.config == teacher.config and not twin.training
+    weights = lambda m: torch.cat([p.flatten() for p in m.parameters()])  # noqa: E731
+    assert torch.equal(weights(twin), weights(again))
+    assert not torch.equal(weights(twin), weights(other))
+    assert not torch.equal(weights(twin), weights(teacher))
+    # The task matches the twin's features and keeps the teacher's depth.
+    task = _task(depth_weight=1.0, feature_weight=1.0, feature_levels=["d2"])
+    control = _task(depth_weight=1.0, feature_weight=1.0, feature_levels=["d2"],
+                    feature_teacher=untrained_twin(task.teacher, 3))
+    control.adapters.load_state_dict(task.adapters.state_dict())
+    batch = _tiny_batch()
+    with torch.no_grad():
+        depth, features = task.model(batch["audio"], return_features=True)
+        ours, theirs = task.kd_terms(depth, features, batch), control.kd_terms(depth, features, batch)
+    assert ours["kd_depth"].item() == theirs["kd_depth"].item()
+    assert ours["kd_d2"].item() != pytest.approx(theirs["kd_d2"].item(), rel=1e-3)

@@ -130,6 +130,30 @@ def test_official_unet_size_not_divisible_by_2_to_num_downs_raises(size: Tuple[i
         make_model(OFFICIAL, 8)(make_input(OFFICIAL, *size))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_official_unet_head_init_starts_every_pixel_at_the_chosen_depth(train: bool) -> None:
+    model = make_model(OFFICIAL, 8, head_init_depth=3.0).train(train)
+    # logit(3 / 12) = ln(0.25 / 0.75), by hand.
+    assert model.net.up[-1].bias.item() == pytest.approx(-1.098612, abs=1e-6)
+    depth = model(make_input(OFFICIAL) * 10.0)
+    # The output layer also reads the outermost skip, the first convolution without BatchNorm,
+    # so loud inputs move single pixels by a few centimetres; the map still starts at 3 m.
+    assert depth.min() > 2.9 and depth.max() < 3.1
+    assert depth.median().item() == pytest.approx(3.0, abs=0.01)
+    assert model.config["head_init_depth"] == 3.0
+    # pix2pix's own start sits around max_depth / 2, and its config (that of every run from
+    # before the lever) carries no head_init_depth.
+    plain = make_model(OFFICIAL, 8).train(train)
+    assert (plain(make_input(OFFICIAL)) - 3.0).abs().mean() > 1.0
+    assert "head_init_depth" not in plain.config
+
+
+@pytest.mark.parametrize("init_depth", [0.0, MAX_DEPTH, 20.0])
+def test_official_unet_head_init_outside_the_range_raises(init_depth: float) -> None:
+    with pytest.raises(ValueError, match="head init depth"):
+        make_model(OFFICIAL, 8, head_init_depth=init_depth)
+
+
 def test_official_unet_has_no_features_to_distill() -> None:
     with pytest.raises(ValueError, match="no teacher-compatible features"):
         make_model(OFFICIAL, 8)(make_input(OFFICIAL), return_features=True)

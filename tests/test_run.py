@@ -17,7 +17,7 @@ from training import cli
 from training.checkpoint import (
     FORMAT_VERSION, LAST_CHECKPOINT, RESOLVED_CONFIG_FILE, load_checkpoint,
 )
-from training.run import start_run, write_resolved_config
+from training.run import model_config, start_run, write_resolved_config
 
 
 @pytest.mark.slow
@@ -101,3 +101,14 @@ def test_resolved_config_repeats_the_run(tmp_path: Path) -> None:
     again = parse("kd", ["--config", str(path)])
     expected = {k: v for k, v in vars(args).items() if k != "config"}
     assert {k: v for k, v in vars(again).items() if k != "config"} == expected
+
+
+@pytest.mark.parametrize("model", ["binaural_attention", "official_unet"])
+def test_head_init_median_reaches_every_audio_model(model: str) -> None:
+    """--head_init_depth median becomes the training median in both audio models' configs (the
+    official U-Net once dropped it silently)."""
+    args = cli.parse_script_argv("student", ["--model", model, "--head_init_depth", "median",
+                                             "--image_size", "64"])
+    assert model_config(args, median_depth=lambda: 2.5)["head_init_depth"] == 2.5
+    args.head_init_depth = None
+    assert model_config(args).get("head_init_depth") is None

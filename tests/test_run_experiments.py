@@ -23,7 +23,8 @@ from training.errors import TrainingError
 from training.experiments import presets, runs
 from training.experiments.main import build_parser, main, make_setup
 from training.experiments.presets import (
-    AUDIO_ONLY, OFFICIAL_UNET, REFERENCES, TEACHER, is_audio_row, is_kd_row,
+    AUDIO_ONLY, OFFICIAL_TUNED, OFFICIAL_UNET, REFERENCES, STUDENT_OFFICIAL, TEACHER,
+    is_audio_row, is_kd_row,
 )
 from training.experiments.report import goal_lines
 from training.experiments.runs import NEW, RESUME, RETRAIN, REUSE, decide
@@ -94,9 +95,10 @@ def test_summary_gives_mean_and_sample_std_over_seeds() -> None:
 
 
 def _entry(name: str, rmse: float, std: "float | None" = None, seconds: float = 100.0,
-           n: int = 3) -> Dict[str, object]:
+           n: int = 3, val: "float | None" = None) -> Dict[str, object]:
+    """A summary row; its validation RMSE is its test RMSE unless ``val`` says otherwise."""
     return {"experiment": name, "label": name, "rmse": rmse, "rmse_std": std,
-            "train_seconds": seconds, "n": n}
+            "val_rmse": rmse if val is None else val, "train_seconds": seconds, "n": n}
 
 
 def test_quick_goal_line_compares_the_best_audio_row_with_the_official_unet() -> None:
@@ -106,11 +108,29 @@ def test_quick_goal_line_compares_the_best_audio_row_with_the_official_unet() ->
     lines = goal_lines(summary, "quick")
     # The teacher (0.2) is not an audio row; the best audio row is the KD one.
     assert lines[0] == ("- Best audio row beats the official U-Net row of the same run: yes "
-                        "(0.612 vs 0.655 m test RMSE; best audio row: kd).")
+                        "(0.612 vs 0.655 m test RMSE; best audio row: kd, chosen by validation "
+                        "RMSE 0.612 m).")
     assert lines[1] == "- Audio rows below the per-location mean depth map (0.650 m): 1 of 2."
     summary[3] = _entry("kd", 0.660)
     assert goal_lines(summary, "quick")[0].startswith(
         "- Best audio row beats the official U-Net row of the same run: no (0.660 vs 0.655")
+
+
+def test_best_rows_are_chosen_by_validation_not_by_test() -> None:
+    """The KD row has the lower test RMSE but the higher validation RMSE: the audio-only row is
+    the one chosen, and it is reported on test."""
+    summary = [_entry(OFFICIAL_UNET, 0.655), _entry(AUDIO_ONLY, 0.700, val=0.60),
+               _entry("kd", 0.612, val=0.65)]
+    assert goal_lines(summary, "quick")[0] == (
+        "- Best audio row beats the official U-Net row of the same run: no (0.700 vs 0.655 m "
+        "test RMSE; best audio row: audio_only, chosen by validation RMSE 0.600 m).")
+    summary = [_entry(OFFICIAL_UNET, 0.800, 0.01), _entry(AUDIO_ONLY, 0.700, 0.01),
+               _entry("kd", 0.640, 0.01, val=0.70), _entry("kd_gated", 0.680, 0.01, val=0.69)]
+    lines = goal_lines(summary, "standard")
+    assert lines[2] == ("- Best KD RMSE <= 0.80 x the official U-Net's: not met (0.680 vs 0.800 "
+                        "m, ratio 0.850; best KD: kd_gated, chosen by validation RMSE 0.690 m).")
+    assert lines[3].startswith("- KD gain larger than 2 x the larger seed std: not met (gain "
+                               "0.700 - 0.680 = 0.020 m vs 0.020 m")
 
 
 def test_standard_goal_lines_on_hand_made_numbers() -> None:
@@ -118,39 +138,94 @@ def test_standard_goal_lines_on_hand_made_numbers() -> None:
                _entry(AUDIO_ONLY, 0.700, 0.020, seconds=500.0),
                _entry("kd_depth_features", 0.650, 0.010), _entry("kd", 0.660, 0.001)]
     lines = goal_lines(summary, "standard")
-    assert lines == [
+    assert lines[:4] == [
         # 0.700 / 0.800 = 0.875 <= 0.90
-        "- Audio-only RMSE <= 0.90 x the official U-Net's: met (0.700 vs 0.800 m, ratio 0.875).",
+        "- Audio-only RMSE <= 0.90 x the U-Net's, official recipe for the U-Net: met (0.700 vs "
+        "0.800 m, ratio 0.875).",
         # 500 / 400 = 1.25 <= 1.5
-        "- Audio-only training time <= 1.5 x the official U-Net's: met (500 vs 400 s, "
-        "ratio 1.25).",
+        "- Audio-only training time <= 1.5 x the U-Net's, official recipe for the U-Net: met "
+        "(500 vs 400 s, ratio 1.25).",
         # best KD = kd_depth_features: 0.650 / 0.800 = 0.8125 > 0.80
         "- Best KD RMSE <= 0.80 x the official U-Net's: not met (0.650 vs 0.800 m, ratio 0.812; "
-        "best KD: kd_depth_features).",
+        "best KD: kd_depth_features, chosen by validation RMSE 0.650 m).",
         # gain 0.05 > 2 x max(0.020, 0.010) = 0.04
         "- KD gain larger than 2 x the larger seed std: met (gain 0.700 - 0.650 = 0.050 m vs "
-        "2 x 0.020 = 0.040 m, 3 seeds).",
+        "0.040 m, 3 seeds; best KD: kd_depth_features, chosen by validation RMSE 0.650 m).",
     ]
+    # kd's control is the audio-only row: 0.040 m gain against a bar of 2 x 0.020.
+    assert lines[4] == ("- kd: beats its controls by more than 2 x the larger seed std: no (vs "
+                        "audio_only: 0.700 - 0.660 = +0.040 m, bar 0.040 m).")
     summary[1] = _entry(AUDIO_ONLY, 0.740, 0.030, seconds=700.0)  # 0.925 x; 1.75 x; 0.09 > 0.06
     lines = goal_lines(summary, "standard")
-    assert lines[0].startswith("- Audio-only RMSE <= 0.90 x the official U-Net's: not met")
-    assert lines[1].startswith("- Audio-only training time <= 1.5 x the official U-Net's: not met")
-    assert "met (gain 0.740 - 0.650 = 0.090 m vs 2 x 0.030 = 0.060 m" in lines[3]
+    assert lines[0].startswith("- Audio-only RMSE <= 0.90 x the U-Net's, official recipe for the "
+                               "U-Net: not met")
+    assert lines[1].startswith("- Audio-only training time <= 1.5 x the U-Net's, official recipe "
+                               "for the U-Net: not met")
+    assert "met (gain 0.740 - 0.650 = 0.090 m vs 0.060 m" in lines[3]
     summary[1] = _entry(AUDIO_ONLY, 0.700, 0.040)  # gain 0.05 < 2 x 0.040
     assert "not met (gain" in goal_lines(summary, "standard")[3]
     one_seed = [_entry(OFFICIAL_UNET, 0.8, n=1), _entry(AUDIO_ONLY, 0.7, n=1),
                 _entry("kd", 0.6, n=1)]
-    assert goal_lines(one_seed, "standard")[-1] == (
+    assert goal_lines(one_seed, "standard")[-2] == (
         "- KD gain larger than 2 x the seed spread: not measurable with one seed (gain 0.100 m).")
+    assert goal_lines(one_seed, "standard")[-1].endswith("not measurable with one seed (vs "
+                                                         "audio_only: 0.700 - 0.600 = +0.100 m).")
+
+
+def test_the_student_is_measured_against_the_recipe_matched_unet_first() -> None:
+    summary = [_entry(OFFICIAL_UNET, 0.800, seconds=400.0),
+               _entry(OFFICIAL_TUNED, 0.650, seconds=500.0),
+               _entry(AUDIO_ONLY, 0.600, seconds=800.0)]
+    lines = goal_lines(summary, "standard")
+    # 0.600 / 0.650 = 0.923 > 0.90; 800 / 500 = 1.6 > 1.5
+    assert lines[:2] == [
+        "- Audio-only RMSE <= 0.90 x the U-Net's, our recipe for both (the recipe-matched "
+        "U-Net): not met (0.600 vs 0.650 m, ratio 0.923).",
+        "- Audio-only training time <= 1.5 x the U-Net's, our recipe for both (the "
+        "recipe-matched U-Net): not met (800 vs 500 s, ratio 1.60)."]
+    assert lines[2].startswith("- Audio-only RMSE <= 0.90 x the U-Net's, official recipe for "
+                               "the U-Net: met (0.600 vs 0.800 m, ratio 0.750)")
+
+
+def test_a_distillation_row_counts_only_past_every_control() -> None:
+    """kd_gated's controls are the gated depth alone and the random-teacher features; it beats
+    the first by 0.05 (bar 2 x 0.01) and the second by only 0.01: no."""
+    summary = [_entry(AUDIO_ONLY, 0.75, 0.01), _entry("kd_gated", 0.60, 0.01),
+               _entry("kd_gated_depth", 0.65, 0.01), _entry("kd_hard_pixels", 0.70, 0.005),
+               _entry("kd_gated_random_features", 0.61, 0.005)]
+    lines = goal_lines(summary, "standard")
+    assert ("- kd_gated: beats its controls by more than 2 x the larger seed std: no (vs "
+            "kd_gated_depth: 0.650 - 0.600 = +0.050 m, bar 0.020 m; vs "
+            "kd_gated_random_features: 0.610 - 0.600 = +0.010 m, bar 0.020 m).") in lines
+    assert ("- kd_gated_depth: beats its controls by more than 2 x the larger seed std: yes (vs "
+            "kd_hard_pixels: 0.700 - 0.650 = +0.050 m, bar 0.020 m).") in lines
+    # A control is never the "best KD", however low its RMSE.
+    summary[3] = _entry("kd_hard_pixels", 0.40, 0.005)
+    assert "best KD: kd_gated," in goal_lines(summary, "standard")[-3]
+
+
+def test_every_control_is_a_row_of_the_presets_that_claim_against_it() -> None:
+    for preset in presets.PRESETS.values():
+        names = {e.name for e in preset.experiments}
+        for experiment in preset.experiments:
+            assert set(experiment.controls) <= names, (experiment.name, experiment.controls)
+            assert all(presets.EXPERIMENTS[c].role in ("control", "student", "kd")
+                       for c in experiment.controls)
 
 
 def test_what_a_row_is_comes_from_its_role_not_its_script() -> None:
-    variants = [e.name for e in presets.KD_VARIANTS]
     names = [e.name for e in presets.STANDARD_ROWS]
-    assert [name for name in names if is_audio_row(name)] == [AUDIO_ONLY, "kd", *variants]
-    assert [name for name in names if is_kd_row(name)] == ["kd", *variants]
-    # The student's script trains the official U-Net, but it is the reference, not ours.
+    assert [name for name in names if is_audio_row(name)] == [
+        AUDIO_ONLY, STUDENT_OFFICIAL, "kd", *(e.name for e in presets.KD_VARIANTS),
+        "kd_gated", "kd_gated_depth", "kd_holes"]
+    assert [name for name in names if is_kd_row(name)] == [
+        "kd", *(e.name for e in presets.KD_VARIANTS), "kd_gated", "kd_gated_depth", "kd_holes"]
+    # The student's script trains the official U-Net, but it is the reference, not ours; the
+    # distillation script trains the controls, which are no distillation of ours either.
     assert presets.OFFICIAL_ROW.kind == "student" and presets.OFFICIAL_ROW.role == "baseline"
+    assert presets.OFFICIAL_TUNED_ROW.role == "baseline"
+    assert not any(is_audio_row(e.name) or is_kd_row(e.name) for e in presets.GATED_ROWS
+                   if e.role == "control")
     assert not any(is_audio_row(name) or is_kd_row(name) for name in REFERENCES)
     with pytest.raises(ValueError, match="role must be one of"):
         presets.Experiment("x", "x", "student", "ours", "student")
@@ -351,8 +426,15 @@ def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         args = parse_script_argv(spec.experiment.kind, spec.argv)
         assert args.image_size == chosen.image_size and args.batch_size == chosen.batch_size
         assert (args.model if experiment.kind == "student" else None) == (
-            "official_unet" if experiment.name == OFFICIAL_UNET else
+            "official_unet" if experiment.role == "baseline" else
             "binaural_attention" if experiment.kind == "student" else None)
+        # Each architecture under our recipe starts at the median and is scored at its best
+        # validation; under the official recipe it has neither.
+        ours = experiment.name not in (OFFICIAL_UNET, STUDENT_OFFICIAL)
+        if experiment.kind == "student":
+            assert (args.head_init_depth == "median") == ours, experiment.name
+            assert (experiment.scored == presets.BEST) == ours, experiment.name
+            assert (args.recipe == "default") == ours, experiment.name
 
 
 def _specs(tmp_path: Path, seeds: int, jobs: int) -> Tuple[List[runs.RunSpec], runs.Setup]:
@@ -417,7 +499,8 @@ def test_a_failed_teacher_fails_its_students_and_the_other_runs_still_finish(
     with pytest.raises(TrainingError, match="rgb_teacher failed"):
         runs.train_and_score(specs, setup, fake.score_run)
     trained = {name for _, name in fake.finished}
-    assert trained == {TEACHER, OFFICIAL_UNET, AUDIO_ONLY}  # no KD run started
+    # Every run of the student's script; no run of the distillation script started.
+    assert trained == {TEACHER, *(e.name for e in presets.RECIPE_ROWS)}
 
 
 @pytest.mark.slow  # starts the scripts in child processes

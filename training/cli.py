@@ -23,7 +23,7 @@ from models.binaural_attention_model import (
     DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES, check_attention_levels,
 )
 from models.blocks import DECODER_KEYS, SIZE_MULTIPLE, check_feature_levels
-from training.distill import DEPTH_KD_KINDS, MATCHINGS, SCHEDULES
+from training.distill import DEPTH_KD_KINDS, FEATURE_TEACHERS, MATCHINGS, SCHEDULES
 from training.losses import CRITERIA
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -300,9 +300,9 @@ def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
                             "and the interaural phase difference (needs --audio_format "
                             "spectrogram_ipd)")
     model.add_argument("--head_init_depth", type=head_init_depth, default=None,
-                       help="student: start the depth head at this depth: metres, or 'median' "
-                            "(the training split's median valid depth); None: the middle of "
-                            "the depth range")
+                       help="student and official_unet: start every prediction at this "
+                            "depth: metres, or 'median' (the training split's median valid "
+                            "depth); None: the middle of the depth range")
 
 
 def add_distillation_args(parser: argparse.ArgumentParser) -> None:
@@ -321,6 +321,10 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--feature_levels", type=feature_levels, default=",".join(DECODER_KEYS),
                        help="comma-separated levels for feature KD, any of x1..x5 (encoder, on the "
                             "spectrogram grid) and d1..d4 (decoder, on the image grid)")
+    group.add_argument("--feature_teacher", choices=FEATURE_TEACHERS, default="teacher",
+                       help="whose features the feature KD matches: the teacher's, or (a "
+                            "control) those of an untrained twin of it, same architecture, "
+                            "weights drawn from --seed; the depth KD still uses the teacher")
     group.add_argument("--feature_matching", choices=MATCHINGS, default="mse",
                        help="mse: MSE of per-sample standardised features; cosine: 1 - cosine "
                             "over channels; attention: attention transfer of spatial maps")
@@ -329,7 +333,11 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
                             "--kd_ramp_epochs; confidence (constant, depth KD weighted per "
                             "pixel by the teacher's agreement with the ground truth); or gated "
                             "(constant, depth KD only on pixels where the teacher is closer to "
-                            "the ground truth than the student)")
+                            "the ground truth than the student); controls of gated: "
+                            "hard_pixels (L1 towards the ground truth on as many valid pixels "
+                            "as the gate passes, those where the student errs most; nothing in "
+                            "the holes) and holes (the gated term inside the ground truth's "
+                            "holes only)")
     group.add_argument("--kd_ramp_epochs", type=positive_float, default=5.0,
                        help="linear/cosine schedules: epochs until the KD weights reach full value")
     group.add_argument("--confidence_tau", type=positive_float, default=0.2,

@@ -22,6 +22,15 @@ Three ingredients, each usable on its own:
   well the teacher agrees with the ground truth there; ``gated`` (:func:`teacher_gate`) keeps
   the depth KD only on the pixels where the teacher is closer to the ground truth than the
   student is at that step.
+* **Controls of the gate** (``--kd_schedule``), each the gated term with one part of the
+  teacher's information taken out. On a valid pixel the gate passes, ``sign(s - t)`` equals
+  ``sign(s - g)``, so the gated L1 gradient there is the ground truth's: the teacher only picks
+  which pixels get it, and its depth values count only in the holes. ``hard_pixels``
+  (:func:`hardest_pixels`) puts an L1 term towards the *ground truth* on as many valid pixels as
+  the gate passes in the batch, chosen by the student's own error (the largest), and nothing in
+  the holes; ``holes`` keeps only the gated term's hole part (the teacher's depth where there is
+  no ground truth). ``--feature_teacher random`` matches the features of an untrained twin of the
+  teacher instead of the teacher's: the feature terms' structure without its knowledge.
 
 :class:`DistillationTask` combines them into the named loss terms the training engine
 optimises, with the frozen teacher of :func:`load_teacher`.
@@ -46,7 +55,8 @@ from training.tasks import Batch, DepthTask, with_total
 
 MATCHINGS = ("mse", "cosine", "attention")
 DEPTH_KD_KINDS = ("l1", "l2")
-SCHEDULES = ("constant", "linear", "cosine", "confidence", "gated")
+SCHEDULES = ("constant", "linear", "cosine", "confidence", "gated", "hard_pixels", "holes")
+FEATURE_TEACHERS = ("teacher", "random")
 TEACHER_MODEL = RGBDepthModel.model_name
 
 
@@ -197,7 +207,7 @@ def schedule_factor(schedule: str, progress: float, ramp: float = 1.0) -> float:
     """Multiplier in [0, 1] applied to the KD weights at a point of training.
 
     Args:
-        schedule: one of :data:`SCHEDULES`. ``constant``, ``confidence`` and ``gated`` give 1
+        schedule: one of :data:`SCHEDULES`. Every schedule but ``linear`` and ``cosine`` gives 1
             throughout; ``linear`` rises as ``progress / ramp``; ``cosine`` as
             ``(1 - cos(pi * progress / ramp)) / 2`` (slow start, slow finish); both stay at 1 once
             ``progress >= ramp``.
@@ -274,6 +284,31 @@ def teacher_gate(
         return fill_holes_with_image_mean(closer.to(teacher_depth.dtype), valid.bool())
 
 
+def hardest_pixels(student_depth: torch.Tensor, gt_depth: torch.Tensor, valid: torch.Tensor,
+                   count: int) -> torch.Tensor:
+    """1 on the ``count`` valid pixels of the batch where the student is furthest from the
+    ground truth, 0 elsewhere (holes included).
+
+    Args:
+        student_depth: (B, 1, H, W) in metres (not differentiated through).
+        gt_depth: (B, 1, H, W) in metres; read on valid pixels only.
+        valid: (B, 1, H, W) bool mask of valid ground truth.
+        count: how many pixels to keep; more than the batch's valid pixels keeps them all.
+
+    Returns:
+        (B, 1, H, W) 0/1 weights, detached.
+    """
+    with torch.no_grad():
+        valid = valid.bool()
+        error = torch.where(valid, (student_depth - gt_depth).abs(),
+                            torch.full_like(student_depth, -math.inf))
+        chosen = torch.zeros(error.numel(), dtype=student_depth.dtype, device=error.device)
+        count = min(int(count), int(valid.sum()))
+        if count > 0:
+            chosen[torch.topk(error.flatten(), count).indices] = 1.0
+        return chosen.view_as(student_depth)
+
+
 def fill_holes_with_image_mean(weight: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``weight`` on valid pixels; elsewhere the mean weight of the same image's valid pixels.
 
@@ -343,6 +378,16 @@ def load_teacher(
     return teacher.requires_grad_(False)
 
 
+def untrained_twin(model: nn.Module, seed: int) -> nn.Module:
+    """A frozen copy of ``model``'s architecture with fresh weights drawn from ``seed`` (the
+    ``--feature_teacher random`` control), in eval mode. Draws from its own generator state: the
+    caller's random stream is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = build_model(model.model_name, **model.config)
+    return twin.to(next(model.parameters()).device).requires_grad_(False).eval()
+
+
 def check_teacher_range(teacher: nn.Module, max_depth: float,
                         path: "str | os.PathLike[str]") -> None:
     """Raise :class:`DataError` naming ``path`` unless the teacher's range is ``max_depth`` m."""
@@ -359,7 +404,9 @@ class DistillationTask(DepthTask):
     * the supervised terms of :class:`training.tasks.DepthTask` (masked, vs the ground truth);
     * ``kd_depth`` = λ_depth · s · :func:`depth_kd_loss` on every pixel, with the per-pixel
       :func:`teacher_confidence` weights under the ``confidence`` schedule and the
-      :func:`teacher_gate` under ``gated``;
+      :func:`teacher_gate` under ``gated``; under the controls ``hard_pixels`` (towards the
+      ground truth on :func:`hardest_pixels`, as many as the gate passes) and ``holes`` (the
+      gate's weights in the holes only), see the module docstring;
     * ``kd_<level>`` = λ_feat / L · s · :func:`feature_kd_loss` for each of the L distilled
       levels, so λ_feat weighs their mean and does not grow with the number of levels;
 
@@ -386,6 +433,8 @@ class DistillationTask(DepthTask):
         schedule: one of :data:`SCHEDULES`.
         ramp_steps: length of the ``linear`` / ``cosine`` ramp in optimizer steps.
         confidence_tau: ``tau`` of :func:`teacher_confidence`.
+        feature_teacher: whose features the feature terms match, when not the teacher's (an
+            untrained twin for the ``--feature_teacher random`` control); frozen, eval mode.
     """
 
     def __init__(
@@ -404,12 +453,15 @@ class DistillationTask(DepthTask):
         schedule: str = "constant",
         ramp_steps: float = 1.0,
         confidence_tau: float = 0.2,
+        feature_teacher: Optional[nn.Module] = None,
     ) -> None:
         super().__init__(student, AUDIO, max_depth, criterion, smoothness_weight)
         if matching not in MATCHINGS:
             raise ValueError(f"feature matching must be one of {MATCHINGS}, got {matching!r}")
         schedule_factor(schedule, 0.0, ramp_steps)  # validates both before any training
         self.teacher = teacher.requires_grad_(False).eval()
+        self.feature_teacher = (None if feature_teacher is None
+                                else feature_teacher.requires_grad_(False).eval())
         self.teacher_fingerprint = checkpoint_fingerprint({
             "model_name": teacher.model_name, "model_config": teacher.config,
             "model_state": teacher.state_dict()})
@@ -431,6 +483,8 @@ class DistillationTask(DepthTask):
         (its BatchNorm statistics must never move)."""
         super().train(mode)
         self.teacher.eval()
+        if self.feature_teacher is not None:
+            self.feature_teacher.eval()
         return self
 
     def kd_terms(self, student_depth: torch.Tensor, student_features: Mapping[str, torch.Tensor],
@@ -438,25 +492,41 @@ class DistillationTask(DepthTask):
         """The weighted KD terms of a batch, given the student's depth (metres) and features."""
         with torch.no_grad():
             teacher_depth, teacher_features = self.teacher(batch[RGB], return_features=True)
+            if self.feature_teacher is not None:
+                _, teacher_features = self.feature_teacher(batch[RGB], return_features=True)
         teacher_depth = teacher_depth.float()
         factor = schedule_factor(self.schedule, self.step, self.ramp_steps)
         terms: Dict[str, torch.Tensor] = {}
         if self.depth_weight > 0:
-            weight = None
-            if self.schedule == "confidence":
-                weight = teacher_confidence(teacher_depth, batch[DEPTH], batch[VALID],
-                                            self.confidence_tau)
-            elif self.schedule == "gated":
-                weight = teacher_gate(teacher_depth, student_depth.float(), batch[DEPTH],
-                                      batch[VALID])
+            target, weight = self.depth_kd_target(teacher_depth, student_depth.float(), batch)
             terms["kd_depth"] = self.depth_weight * factor * depth_kd_loss(
-                student_depth.float(), teacher_depth, self.max_depth, weight, self.depth_kd)
+                student_depth.float(), target, self.max_depth, weight, self.depth_kd)
         if self.adapters is not None:
             level_weight = self.feature_weight * factor / len(self.adapters.levels)
             matched = self.adapters(student_features, teacher_features, self.matching)
             for level, loss in matched.items():
                 terms[f"kd_{level}"] = level_weight * loss.float()
         return terms
+
+    def depth_kd_target(self, teacher_depth: torch.Tensor, student_depth: torch.Tensor,
+                        batch: Batch) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What the depth KD pulls the student towards (metres) and its per-pixel weights
+        (``None``: every pixel alike), under this task's schedule."""
+        if self.schedule == "confidence":
+            return teacher_depth, teacher_confidence(teacher_depth, batch[DEPTH], batch[VALID],
+                                                     self.confidence_tau)
+        if self.schedule not in ("gated", "hard_pixels", "holes"):
+            return teacher_depth, None
+        valid = batch[VALID].bool()
+        gate = teacher_gate(teacher_depth, student_depth, batch[DEPTH], valid)
+        if self.schedule == "gated":
+            return teacher_depth, gate
+        if self.schedule == "holes":
+            return teacher_depth, torch.where(valid, torch.zeros_like(gate), gate)
+        chosen = hardest_pixels(student_depth, batch[DEPTH], valid, int(gate[valid].sum()))
+        # Unchosen pixels (holes included) get the student's own depth: zero error, and no
+        # ground-truth value outside the chosen pixels enters the loss.
+        return torch.where(chosen > 0, batch[DEPTH], student_depth.detach()), chosen
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Student depth (B, 1, H, W) in metres and every weighted term plus ``total``."""

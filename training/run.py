@@ -65,14 +65,17 @@ def model_config(args: argparse.Namespace,
     name = model_name_of(args)
     if name == "rgb_depth":
         return {"base_channels": args.base_channels, "max_depth": args.max_depth}
-    if name == "official_unet":
-        return {"ngf": args.base_channels, "num_downs": official_num_downs(args.image_size),
-                "max_depth": args.max_depth}
     head_init = args.head_init_depth
     if head_init == "median":
         if median_depth is None:
             raise UsageError("--head_init_depth median needs the training data")
         head_init = median_depth()
+    if name == "official_unet":
+        # Absent rather than None when unset, so runs from before the U-Net had the lever keep
+        # their model config (and so their identity).
+        return {"ngf": args.base_channels, "num_downs": official_num_downs(args.image_size),
+                "max_depth": args.max_depth,
+                **({} if head_init is None else {"head_init_depth": head_init})}
     return {"base_channels": args.base_channels, "attention_levels": args.attention_levels,
             "num_heads": args.num_heads, "attention_mode": args.attention_mode,
             "max_depth": args.max_depth, "decoder": args.decoder,

@@ -142,10 +142,10 @@ def run_table(args: argparse.Namespace, launch: runs.Launcher, command: str) -> 
     report.save_bar_chart(out / "rmse.png", summary)
     pictures = {"teacher (RGB)": presets.TEACHER, "official U-Net": presets.OFFICIAL_UNET,
                 "audio only": presets.AUDIO_ONLY}
-    kd = [e for e in summary if presets.is_kd_row(e["experiment"])]
-    if kd:
-        best_kd = min(kd, key=lambda e: e["rmse"])["experiment"]
-        pictures[f"best KD: {best_kd}"] = best_kd
+    best_kd = report.best_by_validation(
+        [e for e in summary if presets.is_kd_row(e["experiment"])])
+    if best_kd:
+        pictures[f"best KD: {best_kd['experiment']}"] = best_kd["experiment"]
     report.save_picture_grid(out / "pictures.png",
                              {title: first[name].scored_checkpoint
                               for title, name in pictures.items() if name in first},

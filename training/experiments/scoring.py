@@ -116,6 +116,9 @@ def metric_column(metric: str, protocol: str) -> str:
 
 
 METRIC_COLUMNS = [metric_column(m, p) for p in PROTOCOLS for m in METRIC_NAMES]
+# The scored checkpoint's validation RMSE: every choice among rows ("best KD") reads this column,
+# never a test one.
+VAL_RMSE = "val_rmse"
 
 
 def metric_cells(per_protocol: Dict[str, Dict[str, Optional[float]]]) -> Dict[str, Any]:
@@ -145,13 +148,15 @@ def score_run(spec: RunSpec, setup: Setup) -> Row:
         setup: as for :func:`evaluate_run`.
 
     Returns:
-        Experiment, label, seed, scored checkpoint, every :data:`METRIC_COLUMNS` cell,
-        ``n_images``, ``params``, ``train_seconds`` and ``run_dir``.
+        Experiment, label, seed, scored checkpoint, ``val_rmse`` (the scored checkpoint's
+        validation RMSE, metres: what choices among rows read), every :data:`METRIC_COLUMNS`
+        cell, ``n_images``, ``params``, ``train_seconds`` and ``run_dir``.
     """
     result, checkpoint = evaluate_run(spec, setup)
     return {"experiment": spec.experiment.name, "label": spec.experiment.label,
             "seed": spec.seed,
             "scored": f"{spec.experiment.scored} (epoch {checkpoint['epoch']})",
+            "val_rmse": checkpoint["metrics"].get("rmse"),
             **metric_cells(protocol_results(result)), "n_images": result.get("n_images"),
             "params": parameter_count(checkpoint),
             "train_seconds": round(training_seconds(spec.run_dir), 2), "run_dir": str(spec.run_dir)}
@@ -226,7 +231,7 @@ def summarise(rows: List[Row], order: Sequence[str]) -> List[Row]:
             continue
         entry: Row = {"experiment": name, "label": runs[0]["label"], "n": len(runs),
                       "scored": runs[0].get("scored", ""), "params": runs[0].get("params")}
-        for column in [*METRIC_COLUMNS, "train_seconds"]:
+        for column in [VAL_RMSE, *METRIC_COLUMNS, "train_seconds"]:
             values = [row[column] for row in runs if row.get(column) is not None]
             entry[column] = statistics.fmean(values) if values else None
             entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
