@@ -1,22 +1,33 @@
 """Train, evaluate and tabulate the experiment table of a preset, with its pictures.
 
 Presets (the rows, config files and sizes live in training/experiments/presets.py):
-  quick     the README's main command: the simulated world on a CPU (64x64, <= 10 min);
-            rows: RGB teacher, official BatVision U-Net, audio-only student, the recommended
-            KD student (configs/synthetic/kd.yaml), and two depth priors.
-  standard  the config files' benchmark: configs/synthetic/*.yaml at 128x128, 20 epochs,
-            batch 8, 15 m, 3 seeds; the rows of quick (whose KD row is depth KD) plus the
-            other KD variants (depth + d1..d4 features; confidence-weighted; the
-            encoder-feature ablation x1..x5).
-  full      real BatVision V2 on a GPU (configs/batvisionv2/*.yaml, 256x256, 80 epochs).
+  quick        the README's main command: the simulated world on a CPU (64x64, <= 10 min);
+               rows: RGB teacher, official BatVision U-Net, audio-only student, the depth-KD
+               student (configs/synthetic/kd.yaml), and two depth priors.
+  standard     the config files' benchmark: configs/synthetic/*.yaml at 128x128, 20 epochs,
+               batch 8, 15 m, 3 seeds; the architecture x recipe cells (official U-Net and our
+               student, each with the official recipe and with ours), depth KD, the KD variants
+               (depth + d1..d4 features; confidence-weighted; encoder features x1..x5), the
+               gated distillation and its controls.
+  development  decisions: 64x64, 3 seeds, the recipe cells, the recipe-matched U-Net's
+               screening (lr, width, EMA), the gated distillation and its controls; run it on the
+               development worlds (--synthetic_seed 0 and 1) and decide on validation RMSE.
+  full         real BatVision V2 on a GPU (configs/batvisionv2/*.yaml, 256x256, 80 epochs).
+
+Worlds: --synthetic_seed 0 and 1 are the development worlds (every choice is made there, on
+validation RMSE); 2 and 3 are the report worlds, fixed before any run on them, for the headline
+tables. results.md says which one a table is on. Every "best" row of the goal lines is chosen
+by validation RMSE and reported on test; a distillation row is compared with its controls
+(same student, steps and loss structure, without the teacher's information).
 
 Each run is a train_*.py command line (printed before it runs) with its config file plus the
 preset's sizes; the students of a seed distil from that seed's teacher. Every trained run is
 scored on the test split by evaluate.py under two metric protocols (official gt > 0, and
-gt >= 0.5 m), at its best-validation checkpoint, except the official U-Net at its last epoch
-(the official recipe has no model selection). Writes, under --out (default results/<preset>):
+gt >= 0.5 m), at its best-validation checkpoint, except the rows of the official recipe at
+their last epoch (our contract keeps no validation choice for that recipe). Writes, under --out (default results/<preset>):
 
-    results.csv     every run and reference row, both protocols, params, training seconds
+    results.csv     every run and reference row: validation RMSE of the scored checkpoint, test
+                    metrics under both protocols, params, training seconds
     results.md      mean ± std over seeds, goal checks, the settings read from the runs
     rmse.png        test RMSE per experiment (bar chart, ± std over seeds)
     pictures.png    RGB | ground truth | teacher | official U-Net | audio-only | best KD
@@ -28,7 +39,8 @@ is retrained (or, with --on_mismatch stop, reported). Evaluations are reused onl
 checkpoint and test split.
 
     python run_experiments.py --preset quick
-    python run_experiments.py --preset standard
+    python run_experiments.py --preset development --synthetic_seed 1 --out results/dev_w1
+    python run_experiments.py --preset standard --synthetic_seed 2 --out results/standard_w2
     python run_experiments.py --preset full --data_root /data/BatvisionV2
 """
 from training.experiments.main import main

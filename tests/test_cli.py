@@ -86,6 +86,11 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path: Path) -> 
     assert args.learning_rate == 0.003          # the command line overrides the file
     assert args.max_depth is None               # null keeps the parser's default
     assert parse("student", []).base_channels == 64   # no file: the parser's defaults
+    # An on/off flag the file turns on, the command line turns off (and the other way round).
+    assert parse("student", ["--config", str(config), "--no-mirror_augment"]).mirror_augment is False
+    config.write_text("mirror_augment: false\n")
+    assert parse("student", ["--config", str(config)]).mirror_augment is False
+    assert parse("student", ["--config", str(config), "--mirror_augment"]).mirror_augment is True
 
 
 @pytest.mark.parametrize("text, problem", [

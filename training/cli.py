@@ -127,7 +127,7 @@ def add_data_flags(data: ArgumentGroup) -> None:
                       help="DataLoader worker processes. auto: none on a CPU (the compute threads "
                            "already hold every free core), the cores per process less one on "
                            "CUDA (at most 8)")
-    data.add_argument("--mirror_augment", action="store_true",
+    data.add_argument("--mirror_augment", action=argparse.BooleanOptionalAction, default=False,
                       help="mirror half the training samples left-right: flip depth and RGB, "
                            "swap the two ears")
     data.add_argument("--synthetic_locations", type=positive_int, default=3,
@@ -179,13 +179,13 @@ def add_optimisation_flags(opt: ArgumentGroup) -> None:
                      help="mixed precision through torch.autocast; fp16 adds a gradient scaler "
                           "(a step whose gradients overflow is skipped). Runs on CPU too, where "
                           "it is for testing rather than speed")
-    opt.add_argument("--sync_bn", action="store_true",
+    opt.add_argument("--sync_bn", action=argparse.BooleanOptionalAction, default=False,
                      help="under torchrun on CUDA, synchronise BatchNorm statistics across GPUs "
                           "(an error on CPU)")
-    opt.add_argument("--channels_last", action="store_true",
+    opt.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
                      help="channels-last memory format for the networks and the batches "
                           "(faster convolutions with AMP on recent GPUs)")
-    opt.add_argument("--compile", action="store_true",
+    opt.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                      help="torch.compile the trained network (the first steps are slow while it "
                           "compiles; an error where torch.compile is not supported)")
 
@@ -201,12 +201,12 @@ def add_run_flags(run: ArgumentGroup) -> None:
                           "most recently written under --checkpoint_dir). Its saved arguments "
                           "are restored; flags given now override them, except the data and "
                           "distillation settings, which must match the run's")
-    run.add_argument("--overwrite", action="store_true",
+    run.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False,
                      help="start afresh in a run folder that already holds a run (its "
                           "checkpoints, records and pictures are deleted first)")
     run.add_argument("--seed", type=non_negative_int, default=0,
                      help="seed of initialisation and data order")
-    run.add_argument("--deterministic", action="store_true",
+    run.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                      help="deterministic kernels: bit-exact reruns and resumes on CPU")
     run.add_argument("--device", default="auto",
                      help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
@@ -222,7 +222,7 @@ def add_run_flags(run: ArgumentGroup) -> None:
 
 def add_logging_flags(log: ArgumentGroup) -> None:
     """What a run logs and draws, and the validation metric threshold."""
-    log.add_argument("--use_wandb", action="store_true",
+    log.add_argument("--use_wandb", action=argparse.BooleanOptionalAction, default=False,
                      help="log to Weights & Biases (offline when no API key is configured)")
     log.add_argument("--wandb_project", default="batdepth", help="W&B project")
     log.add_argument("--log_every", type=positive_int, default=50,
@@ -417,11 +417,12 @@ def config_argv(parser: argparse.ArgumentParser, path: "str | Path") -> List[str
         flag = action.option_strings[0]
         if value is None:
             continue
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
                 raise UsageError(f"{path}: {key} is an on/off flag, expected true or false, "
                                  f"got {value!r}")
-            tokens += [flag] if value else []
+            # Both spellings, so a file's false also overrides an earlier true.
+            tokens += [flag if value else f"--no-{flag[2:]}"]
         elif isinstance(value, (dict, bool)):
             raise UsageError(f"{path}: {key} expects a value, got {value!r}")
         else:

@@ -120,6 +120,10 @@ UNET_SCREEN_ROWS = (
                "baseline", "official_unet_tuned", ("--base_channels", "16")),
     Experiment("official_unet_tuned_no_ema", "official U-Net, our recipe, no EMA", "student",
                "baseline", "official_unet_tuned", ("--ema_decay", "0")),
+    Experiment("official_unet_tuned_no_mirror", "official U-Net, our recipe, no mirroring",
+               "student", "baseline", "official_unet_tuned", ("--no-mirror_augment",)),
+    Experiment("official_unet_tuned_linear", "official U-Net, our recipe, linear magnitude "
+               "input", "student", "baseline", "official_unet_tuned", ("--recipe", "official")),
 )
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = (TEACHER_ROW, *RECIPE_ROWS, KD_ROW, *KD_VARIANTS, *GATED_ROWS)
