@@ -36,6 +36,20 @@ def test_identity_holds_what_decides_the_result_and_not_where_it_runs() -> None:
                                               if k != "fingerprint"})
 
 
+def test_a_flag_introduced_later_counts_only_once_it_is_moved() -> None:
+    """A run from before --feature_teacher existed keeps its identity under the default, and
+    the control (random) is another identity."""
+    groups = {**GROUPS, "distillation": ["feature_teacher"]}
+    before = run_identity(ARGS, groups, "kd", "binaural_attention", "d" * 64)
+    default = run_identity({**ARGS, "feature_teacher": "teacher"}, groups, "kd",
+                           "binaural_attention", "d" * 64)
+    control = run_identity({**ARGS, "feature_teacher": "random"}, groups, "kd",
+                           "binaural_attention", "d" * 64)
+    assert default["fingerprint"] == before["fingerprint"]
+    assert control["fingerprint"] != before["fingerprint"]
+    assert differences(before, control) == ["--feature_teacher: '<unset>' -> 'random'"]
+
+
 def test_a_change_of_stored_inputs_is_a_difference_named_in_words() -> None:
     files = run_identity(ARGS, GROUPS, "student", "binaural_attention", "d" * 64)
     cached = run_identity(ARGS, GROUPS, "student", "binaural_attention", "d" * 64, None, CACHED)

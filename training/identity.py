@@ -5,7 +5,9 @@ A run's identity is recorded in its ``config.json`` and in every checkpoint it w
     {"kind": "teacher" | "student" | "kd",
      "model": model name,
      "settings": {flag group: {flag: value}}   every resolved argument that can change the
-                                               result (see OPERATIONAL for the ones that cannot)
+                                               result (see OPERATIONAL for the ones that cannot;
+                                               INTRODUCED_LATER for the ones recorded only when
+                                               set)
      "data": fingerprint of the training and validation splits (split CSVs, each referenced
              file's size and mtime),
      "teacher": fingerprint of the distillation teacher's checkpoint, or None,
@@ -33,9 +35,13 @@ OPERATIONAL = frozenset({
     "threads", "config", "data_root", "teacher_checkpoint", "deterministic", "channels_last",
     "compile",
 })
+# Flags added after runs existed, with the value every earlier run had in effect: recorded only
+# when a run moves away from it, so adding a flag does not retrain every run that predates it.
+INTRODUCED_LATER = {"feature_teacher": "teacher"}
 # Parts a resumed run must share with the run it continues.
 RESUME_FIXED_GROUPS = ("data", "distillation")
 KINDS = ("teacher", "student", "kd")
+_UNSET = object()
 
 
 def digest(value: Any) -> str:
@@ -68,7 +74,7 @@ def run_identity(args: Mapping[str, Any], flag_groups: Mapping[str, Sequence[str
     group_of = {dest: group for group, dests in flag_groups.items() for dest in dests}
     settings: Dict[str, Dict[str, Any]] = {}
     for dest, value in sorted(args.items()):
-        if dest not in OPERATIONAL:
+        if dest not in OPERATIONAL and INTRODUCED_LATER.get(dest, _UNSET) != value:
             settings.setdefault(group_of.get(dest, "other"), {})[dest] = value
     identity: Dict[str, Any] = {
         "kind": kind, "model": model_name, "settings": json.loads(json.dumps(settings)),
