@@ -53,6 +53,14 @@ def ema_decay(text: str) -> float:
     return value
 
 
+def unit_fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be <= 1, got {text}")
+    return value
+
+
 def image_size(text: str) -> int:
     """argparse type: a side in pixels, >= 16 and divisible by 16 (four 2x poolings)."""
     value = positive_int(text)
@@ -127,6 +135,13 @@ def add_data_flags(data: ArgumentGroup) -> None:
                       help="DataLoader worker processes. auto: none on a CPU (the compute threads "
                            "already hold every free core), the cores per process less one on "
                            "CUDA (at most 8)")
+    data.add_argument("--labelled_fraction", type=unit_fraction, default=1.0,
+                      help="share of each location's training samples that keep their depth "
+                           "label (drawn by --labelled_seed); the teacher and student scripts "
+                           "train on those alone, the distillation script also reads the others "
+                           "through the teacher; val and test stay fully labelled")
+    data.add_argument("--labelled_seed", type=non_negative_int, default=0,
+                      help="seed of the labelled subset (independent of --seed)")
     data.add_argument("--mirror_augment", action=argparse.BooleanOptionalAction, default=False,
                       help="mirror half the training samples left-right: flip depth and RGB, "
                            "swap the two ears")

@@ -26,11 +26,11 @@ import json
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sized
+from typing import Any, Dict, Iterator, List, Optional, Sized, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from common.errors import UsageError
 from datasets.batvision import cache_forms, check_labels, spread_indices
@@ -39,6 +39,7 @@ from datasets.recipes import get_recipe, swap_ears
 from datasets.registry import READERS, resolve_dataset, synthetic_world_config
 from datasets.sample import AUDIO, DEPTH, RGB, VALID
 from training.device import DistContext, main_process_first, uses_cuda
+from training.labels import WithoutDepth, labelled_indices, subset_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_CACHE = REPO_ROOT / ".cache" / "synthetic"
@@ -115,8 +116,9 @@ class Data:
         val_loader: this rank's shard of the validation split.
         val_dataset: the whole validation split (rank 0 draws the pictures from its first items).
         max_depth: metres, the depth range of the data (the model's output range).
-        data_fingerprint: sha256 hex of the train and val splits' fingerprints
-            (:func:`combine_fingerprints`); :func:`resolve_data` gives the same without loaders.
+        data_fingerprint: sha256 hex of the train and val splits' fingerprints and, under
+            ``--labelled_fraction``, of the labelled subset (:func:`combine_fingerprints`);
+            :func:`resolve_data` gives the same without loaders.
         storage: :func:`input_storage` of the run's arguments.
     """
 
@@ -129,9 +131,24 @@ class Data:
     storage: Optional[Dict[str, Any]]
 
 
-def combine_fingerprints(train: str, val: str) -> str:
-    """sha256 hex of a run's data: its train and val splits' ``data_fingerprint``."""
-    return sha256(f"train {train}\nval {val}\n".encode()).hexdigest()
+def combine_fingerprints(train: str, val: str, labelled: Optional[str] = None) -> str:
+    """sha256 hex of a run's data: its train and val splits' ``data_fingerprint`` and, when
+    only part of the train split is labelled, :func:`training.labels.subset_fingerprint`."""
+    subset = "" if labelled is None else f"labelled {labelled}\n"
+    return sha256(f"train {train}\nval {val}\n{subset}".encode()).hexdigest()
+
+
+def labelled_subset(args: argparse.Namespace,
+                    train_set: Dataset) -> Optional[Tuple[List[int], str]]:
+    """The train split's labelled indices and their fingerprint under ``--labelled_fraction``
+    (:mod:`training.labels`), or ``None`` when every sample is labelled."""
+    fraction = getattr(args, "labelled_fraction", 1.0)
+    if fraction >= 1.0:
+        return None
+    records = train_set.records
+    labelled = labelled_indices([r.location for r in records], fraction, args.labelled_seed)
+    names = [f"{r.location}/{r.index}" for r in records]
+    return labelled, subset_fingerprint(names, labelled)
 
 
 def input_storage(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
@@ -179,8 +196,10 @@ def resolve_data(args: argparse.Namespace, context: DistContext) -> tuple[Path, 
     train_set = build_dataset(argparse.Namespace(**{**vars(args), "cache_dir": None}), root,
                               "train", use_rgb=False)
     args.max_depth = float(train_set.max_depth)
+    subset = labelled_subset(args, train_set)
     return root, combine_fingerprints(train_set.data_fingerprint,
-                                      split_fingerprint(args, root, "val"))
+                                      split_fingerprint(args, root, "val"),
+                                      None if subset is None else subset[1])
 
 
 def _resolve_root_and_depth(args: argparse.Namespace, context: DistContext) -> Path:
@@ -224,7 +243,11 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
     val_set = build_dataset(args, root, "val", use_rgb)
     check_labels(train_set)
     check_labels(val_set)
-    args.max_depth = float(train_set.max_depth)
+    args.max_depth = max_depth = float(train_set.max_depth)
+    fingerprint = train_set.data_fingerprint
+    subset = labelled_subset(args, train_set)
+    if subset is not None:
+        train_set = _partially_labelled(args, train_set, subset[0])
     if len(val_set) < context.world_size:
         raise UsageError(f"the val split has {len(val_set)} samples, fewer than the "
                          f"{context.world_size} processes")
@@ -237,11 +260,27 @@ def build_data(args: argparse.Namespace, context: DistContext, use_rgb: bool) ->
         train_sampler=sampler,
         val_loader=DataLoader(val_set, batch_size=batch, **loader_kwargs,
                               sampler=ShardSampler(val_set, context.rank, context.world_size)),
-        val_dataset=val_set, max_depth=float(train_set.max_depth),
-        data_fingerprint=combine_fingerprints(train_set.data_fingerprint,
-                                              val_set.data_fingerprint),
+        val_dataset=val_set, max_depth=max_depth,
+        data_fingerprint=combine_fingerprints(fingerprint, val_set.data_fingerprint,
+                                              None if subset is None else subset[1]),
         storage=input_storage(args),
     )
+
+
+def _partially_labelled(args: argparse.Namespace, train_set: Dataset,
+                        labelled: List[int]) -> Dataset:
+    """The distillation script keeps every sample, the unlabelled ones without depth; the
+    others train on the labelled ones alone.
+
+    Raises:
+        UsageError: no labelled sample for a script that learns from labels only.
+    """
+    if args.kind == "kd":
+        return WithoutDepth(train_set, labelled)
+    if not labelled:
+        raise UsageError(f"--labelled_fraction {args.labelled_fraction} leaves no labelled "
+                         "training sample: only train_distillation.py learns without labels")
+    return Subset(train_set, labelled)
 
 
 def mirror_batch(batch: Dict[str, Any], flip: torch.Tensor) -> Dict[str, Any]:

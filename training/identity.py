@@ -37,7 +37,7 @@ OPERATIONAL = frozenset({
 })
 # Flags added after runs existed, with the value every earlier run had in effect: recorded only
 # when a run moves away from it, so adding a flag does not retrain every run that predates it.
-INTRODUCED_LATER = {"feature_teacher": "teacher"}
+INTRODUCED_LATER = {"feature_teacher": "teacher", "labelled_fraction": 1.0, "labelled_seed": 0}
 # Parts a resumed run must share with the run it continues.
 RESUME_FIXED_GROUPS = ("data", "distillation")
 KINDS = ("teacher", "student", "kd")

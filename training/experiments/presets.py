@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from common.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from common.errors import UsageError
-from training.cli import image_size
+from training.cli import image_size, unit_fraction
 
 # Which checkpoint of a run the table scores.
 BEST, LAST = "best", "last"
@@ -152,6 +152,8 @@ class Preset:
         max_depth: metres (``None``: the dataset's default).
         synthetic_locations, synthetic_samples, synthetic_size, synthetic_seed: the world.
         feature_weight: ``--lambda_feat`` of the feature-KD rows.
+        labelled_fraction: ``--labelled_fraction`` of every run (1: every training sample
+            labelled; below 1 the teacher too learns from the labelled subset alone).
         flags: further flags of every run (operational ones: workers, pictures).
     """
 
@@ -171,6 +173,7 @@ class Preset:
     synthetic_size: int = 128
     synthetic_seed: int = 0
     feature_weight: float = 0.05
+    labelled_fraction: float = 1.0
     flags: Tuple[str, ...] = ()
 
 
@@ -223,6 +226,8 @@ SIZE_FIELDS: Dict[str, Tuple[Callable[[str], Any], str]] = {
     "synthetic_size": (positive_int, "synthetic world: rendered image side, pixels"),
     "synthetic_seed": (non_negative_int, "synthetic world: its seed"),
     "feature_weight": (non_negative_float, "--lambda_feat of the feature-KD rows"),
+    "labelled_fraction": (unit_fraction, "share of each location's training samples that keep "
+                                         "their depth (every run; training/labels.py)"),
 }
 
 

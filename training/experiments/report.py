@@ -263,11 +263,11 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         + (f" Runs trained {jobs} at once: their training times include that contention."
            if jobs > 1 else ""), "",
         *([world_line(preset.synthetic_seed), ""] if preset.dataset == "synthetic" else []),
-        f"Test split (`val rmse`: the scored checkpoint's validation RMSE, by which every "
-        f"\"best\" row is chosen); mean ± sample std over {preset.seeds} seed(s) (no ± with one seed). Each "
-        "trained run is scored with `evaluate.py` at the checkpoint its row names: `best` = "
-        "lowest validation RMSE, `last` = final epoch (the official recipe has no model "
-        "selection). The reference rows predict the training split's mean depth map (overall / "
+        "Test split (`val rmse`: the scored checkpoint's validation RMSE, by which every "
+        f"\"best\" row is chosen); mean ± sample std over {preset.seeds} seed(s) (no ± with one "
+        "seed). Each trained run is scored with `evaluate.py` at the checkpoint its row names: "
+        "`best` = lowest validation RMSE, `last` = final epoch (the official recipe's rows: our "
+        "contract keeps no validation choice for that recipe). The reference rows predict the training split's mean depth map (overall / "
         "of the sample's location), scored by the same metric code. Every row is scored on the "
         f"ground truth of the `{TABLE_GROUND_TRUTH}` recipe (depth resized by nearest neighbour, "
         "+inf invalid), whatever recipe its model reads.", "",

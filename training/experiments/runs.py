@@ -120,6 +120,8 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
                  "--synthetic_seed", str(preset.synthetic_seed)]
     if preset.max_depth is not None:
         argv += ["--max_depth", str(preset.max_depth)]
+    if preset.labelled_fraction < 1:
+        argv += ["--labelled_fraction", str(preset.labelled_fraction)]
     argv += [*preset.flags, *experiment.flags]
     if experiment.feature_kd:
         argv += ["--lambda_feat", str(preset.feature_weight)]
