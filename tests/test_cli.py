@@ -88,6 +88,10 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path: Path) -> 
     assert parse("student", []).base_channels == 64   # no file: the parser's defaults
     # An on/off flag the file turns on, the command line turns off (and the other way round).
     assert parse("student", ["--config", str(config), "--no-mirror_augment"]).mirror_augment is False
+    # 'none' undoes a file's head init (the architecture's own start).
+    tuned = Path(__file__).resolve().parents[1] / "configs/synthetic/official_unet_tuned.yaml"
+    assert parse("student", ["--config", str(tuned), "--head_init_depth", "none"]
+                 ).head_init_depth is None
     config.write_text("mirror_augment: false\n")
     assert parse("student", ["--config", str(config)]).mirror_augment is False
     assert parse("student", ["--config", str(config), "--mirror_augment"]).mirror_augment is True

@@ -432,10 +432,10 @@ def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         # validation; under the official recipe it has neither.
         ours = experiment.name not in (OFFICIAL_UNET, STUDENT_OFFICIAL)
         if experiment.kind == "student":
-            assert (args.head_init_depth == "median") == ours, experiment.name
             assert (experiment.scored == presets.BEST) == ours, experiment.name
-            if experiment in presets.RECIPE_ROWS:
-                assert (args.recipe == "default") == ours, experiment.name
+        if experiment in presets.RECIPE_ROWS:
+            assert (args.head_init_depth == "median") == ours, experiment.name
+            assert (args.recipe == "default") == ours, experiment.name
 
 
 def _specs(tmp_path: Path, seeds: int, jobs: int) -> Tuple[List[runs.RunSpec], runs.Setup]:

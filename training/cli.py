@@ -69,8 +69,11 @@ def image_size(text: str) -> int:
     return value
 
 
-def head_init_depth(text: str) -> "str | float":
-    """argparse type of ``--head_init_depth``: ``median`` or a depth in metres (> 0)."""
+def head_init_depth(text: str) -> "str | float | None":
+    """argparse type of ``--head_init_depth``: ``median``, a depth in metres (> 0), or ``none``
+    (the architecture's own start, so a command line can undo a config file's choice)."""
+    if text == "none":
+        return None
     return text if text == "median" else positive_float(text)
 
 
@@ -317,7 +320,7 @@ def add_audio_model_args(groups: ArgumentGroups, models: Sequence[str]) -> None:
     model.add_argument("--head_init_depth", type=head_init_depth, default=None,
                        help="student and official_unet: start every prediction at this "
                             "depth: metres, or 'median' (the training split's median valid "
-                            "depth); None: the middle of the depth range")
+                            "depth); none (default): the middle of the depth range")
 
 
 def add_distillation_args(parser: argparse.ArgumentParser) -> None:

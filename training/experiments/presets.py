@@ -124,6 +124,11 @@ UNET_SCREEN_ROWS = (
                "student", "baseline", "official_unet_tuned", ("--no-mirror_augment",)),
     Experiment("official_unet_tuned_linear", "official U-Net, our recipe, linear magnitude "
                "input", "student", "baseline", "official_unet_tuned", ("--recipe", "official")),
+    Experiment("official_unet_tuned_no_head_init", "official U-Net, our recipe, no head init",
+               "student", "baseline", "official_unet_tuned", ("--head_init_depth", "none")),
+    Experiment("official_unet_tuned_constant_lr", "official U-Net, our recipe, constant lr",
+               "student", "baseline", "official_unet_tuned",
+               ("--scheduler", "none", "--warmup_epochs", "0")),
 )
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = (TEACHER_ROW, *RECIPE_ROWS, KD_ROW, *KD_VARIANTS, *GATED_ROWS)
