@@ -12,6 +12,12 @@ Presets (the rows, config files and sizes live in training/experiments/presets.p
   development  decisions: 64x64, 3 seeds, the recipe cells, the recipe-matched U-Net's
                screening (lr, width, EMA), the gated distillation and its controls; run it on the
                development worlds (--synthetic_seed 0 and 1) and decide on validation RMSE.
+  labels       label-scarce distillation (64x64, 3 seeds): for each share F of labelled
+               training samples (0.05, 0.1, 0.25, 1) an audio-only student, KD from a strict
+               teacher (the same labelled samples) and KD from a teacher-rich teacher (RGB-depth
+               of the companion world's other rooms), and F = 0 with the teacher-rich one; equal
+               optimiser steps (a labelled-only run of share F trains 1/F the epochs); writes
+               rmse_by_fraction.png beside the table.
   full         real BatVision V2 on a GPU (configs/batvisionv2/*.yaml, 256x256, 80 epochs).
 
 Worlds: --synthetic_seed 0 and 1 are the development worlds (every choice is made there, on

@@ -17,10 +17,10 @@ import torch
 
 from common.errors import UsageError
 from training import device
-from training.checkpoint import FORMAT_VERSION, LAST_CHECKPOINT
+from training.checkpoint import BEST_CHECKPOINT, FORMAT_VERSION, LAST_CHECKPOINT
 from training.cli import parse_script_argv
 from training.errors import TrainingError
-from training.experiments import presets, runs
+from training.experiments import presets, report, runs
 from training.experiments.main import build_parser, main, make_setup
 from training.experiments.presets import (
     AUDIO_ONLY, OFFICIAL_TUNED, OFFICIAL_UNET, REFERENCES, STUDENT_OFFICIAL, TEACHER,
@@ -38,6 +38,9 @@ TINY_CONFIGS = {
     "student": "base_channels: 4\nattention_levels: [4, 5]\n",
     "kd": "base_channels: 4\nattention_levels: [4, 5]\nlambda_depth: 1\n",
     "official_unet": "model: official_unet\nbase_channels: 4\nrecipe: official\n",
+    "official_unet_tuned": "model: official_unet\nbase_channels: 4\nhead_init_depth: median\n"
+                           "mirror_augment: true\nema_decay: 0.9\n",
+    "student_official_recipe": "base_channels: 4\nattention_levels: [4, 5]\nrecipe: official\n",
 }
 
 
@@ -399,11 +402,14 @@ def test_standard_shaped_smoke_run_writes_both_protocols_settings_goals_and_pict
 
     table = (out / "results.md").read_text()
     assert "rmse (gt >= 0.5 m)" in table and "`official`: gt > 0.0 m" in table
-    assert "- Audio-only RMSE <= 0.90 x the official U-Net's: " in table
+    assert "- Audio-only RMSE <= 0.90 x the U-Net's, our recipe for both" in table
+    assert ("- audio + KD gated depth + features x1..x5: beats its controls by more than 2 x the "
+            "larger seed std: not measurable with one seed") in table
+    assert "World: `--synthetic_seed 0`, a development world" in table
     assert "not measurable with one seed" in table
     # Settings come from the runs' config.json: shared ones once, each row's own beside it.
     assert "Every run: " in table and "image_size=32" in table
-    assert "- official BatVision U-Net (reference, last epoch): " in table
+    assert "- official U-Net, official recipe (last epoch): " in table
     assert "model=official_unet" in table and "recipe=official" in table
     for picture in ("rmse.png", "pictures.png"):
         assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -420,7 +426,8 @@ def test_every_row_of_every_preset_parses_with_the_repository_config_files(
         pytest.skip(f"{config_dir}: no {', '.join(sorted(set(missing)))}.yaml yet")
     setup = runs.Setup(
         preset=chosen, config_dir=config_dir, data_root=str(tmp_path), cache_dir=tmp_path,
-        device="cpu", runs_dir=tmp_path, on_mismatch="retrain", launch=InProcess())
+        device="cpu", runs_dir=tmp_path, on_mismatch="retrain", launch=InProcess(),
+        companion_root=str(tmp_path / "companion"))
     for experiment in chosen.experiments:
         spec = runs.run_spec(experiment, 0, setup)
         args = parse_script_argv(spec.experiment.kind, spec.argv)
@@ -538,3 +545,80 @@ def test_the_world_of_real_data_is_the_folder_given(
     assert runs.world_root(full, "bv2") == str((tmp_path / "bv2").resolve())
     with pytest.raises(UsageError, match="--data_root is required for --dataset batvisionv2"):
         runs.world_root(full, None)
+
+
+def test_labels_rows_take_equal_steps_and_their_own_teachers(tmp_path: Path) -> None:
+    preset = presets.PRESETS["labels"]
+    setup = runs.Setup(preset=preset, config_dir=REPO / preset.config_dir,
+                       data_root=str(tmp_path / "world"), cache_dir=tmp_path, device="cpu",
+                       runs_dir=tmp_path / "runs", on_mismatch="retrain", launch=InProcess(),
+                       companion_root=str(tmp_path / "companion"))
+    specs = {e.name: runs.run_spec(e, 0, setup) for e in preset.experiments}
+    args = {name: parse_script_argv(spec.experiment.kind, spec.argv)
+            for name, spec in specs.items()}
+    # A run that reads only the labelled tenth trains ten times the epochs; distillation reads
+    # every sample and keeps the preset's.
+    assert (args["audio_only_f0.1"].nb_epochs, args["rgb_teacher_f0.1"].nb_epochs) == (80, 100)
+    assert args["audio_only_f0.05"].nb_epochs == 160
+    assert args["kd_strict_f0.1"].nb_epochs == args["kd_rich_f0"].nb_epochs == 8
+    assert args["audio_only"].nb_epochs == 8 and args["audio_only"].labelled_fraction == 1.0
+    assert args["kd_strict_f0.1"].labelled_fraction == args["rgb_teacher_f0.1"].labelled_fraction
+    assert args["kd_rich_f0"].labelled_fraction == 0.0
+    # Each distils from its own teacher of the same seed; the teacher-rich one lives in the
+    # companion world, the students in the preset's.
+    runs_dir = tmp_path / "runs" / "seed0"
+    assert args["kd_strict_f0.1"].teacher_checkpoint == str(
+        runs_dir / "rgb_teacher_f0.1" / BEST_CHECKPOINT)
+    assert args["kd_rich_f0.1"].teacher_checkpoint == str(
+        runs_dir / presets.RICH_TEACHER / BEST_CHECKPOINT)
+    rich = args[presets.RICH_TEACHER]
+    assert rich.data_root == str(tmp_path / "companion")
+    assert rich.synthetic_seed == preset.synthetic_seed + presets.COMPANION_WORLD_OFFSET
+    assert rich.labelled_fraction == 1.0
+    assert args["kd_rich_f0.1"].data_root == str(tmp_path / "world")
+    # Asking for a KD row brings its teacher along, and no other.
+    chosen = presets.resolve_preset(build_parser(None).parse_args(
+        ["--preset", "labels", "--experiments", "kd_rich_f0"]))
+    assert [e.name for e in chosen.experiments] == [presets.RICH_TEACHER, "kd_rich_f0"]
+
+
+def test_labels_goal_lines_on_hand_made_numbers() -> None:
+    summary = [_entry(AUDIO_ONLY, 0.60, 0.01), _entry("audio_only_f0.1", 0.80, 0.02),
+               _entry("kd_strict_f0.1", 0.62, 0.02), _entry("kd_rich_f0.1", 0.70, 0.05),
+               _entry("kd_rich_f0", 0.78, 0.01)]
+    lines = goal_lines(summary, "labels")
+    assert lines[0] == ("- kd_strict_f0.1: >= 20% below audio_only_f0.1 and past 2 x the larger "
+                        "seed std: met (0.620 vs 0.800 m, 22.5% below; gain 0.180 vs bar 0.040 "
+                        "m).")
+    assert lines[1] == ("- kd_strict_f0.1: within 1.10 x the fully labelled audio-only student: "
+                        "met (0.620 vs 0.600 m, ratio 1.033).")
+    assert lines[2].startswith("- kd_rich_f0.1: >= 20% below audio_only_f0.1 and past 2 x the "
+                               "larger seed std: not met (0.700 vs 0.800 m, 12.5% below")
+    assert lines[4] == ("- kd_rich_f0: within 1.25 x the fully labelled audio-only student: not "
+                        "met (0.780 vs 0.600 m, ratio 1.300).")
+    assert lines[5].endswith("not measured; the world does not yet write its complete depth.")
+
+
+def test_the_fraction_plot_draws_one_line_per_family() -> None:
+    summary = [_entry(name, rmse, 0.01) for name, rmse in [
+        (AUDIO_ONLY, 0.6), ("audio_only_f0.1", 0.8), ("kd_strict_f0.1", 0.7),
+        ("kd_rich_f0.1", 0.72), ("kd_rich_f0", 0.9), ("kd_strict_f1", 0.61), ("rgb_teacher", 0.3)]]
+    lines = report.fraction_lines(summary)
+    assert {name: [f for f, _ in points] for name, points in lines.items()} == {
+        "audio only": [0.1, 1.0], "KD, strict teacher": [0.1, 1.0],
+        "KD, teacher-rich": [0.0, 0.1]}
+
+
+@pytest.mark.slow
+def test_a_tiny_labels_preset_runs_end_to_end(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = _tiny_argv(tmp_path, "--preset", "labels", "--seeds", "1", "--experiments",
+                      "audio_only,audio_only_f0.1,kd_strict_f0.1,kd_rich_f0.1,kd_rich_f0")
+    launcher = _run(argv, monkeypatch)
+    assert launcher.trained() == ["rgb_teacher_rich", "rgb_teacher_f0.1", "audio_only_f0.1",
+                                  "kd_strict_f0.1", "kd_rich_f0.1", "audio_only", "kd_rich_f0"]
+    out = tmp_path / "results"
+    table = (out / "results.md").read_text()
+    assert "- KD from the strict teacher, 10% labelled: >= 20% below" in table
+    assert "- KD from the teacher-rich teacher, no depth label: within 1.25 x" in table
+    assert (out / "rmse_by_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

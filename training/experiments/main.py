@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from common.argtypes import ArgumentParser, positive_int
-from common.errors import user_errors
+from common.errors import UsageError, user_errors
 from training import cli
 from training.data import REPO_ROOT, build_dataset, resolve_data_root
 from training.device import DistContext, resolve_device, threads_per_job
@@ -94,8 +95,16 @@ def make_setup(args: argparse.Namespace, launch: runs.Launcher) -> runs.Setup:
     """
     preset = presets.resolve_preset(args)
     out = output_folder(args)
+    companion = None
+    if any(e.companion_world for e in preset.experiments):
+        if preset.dataset != "synthetic":
+            raise UsageError(f"the {args.preset} preset trains a teacher on a companion world, "
+                             "which only the synthetic dataset has")
+        companion = runs.world_root(dataclasses.replace(
+            preset, synthetic_seed=preset.synthetic_seed + presets.COMPANION_WORLD_OFFSET), None)
     return runs.Setup(preset=preset, config_dir=REPO_ROOT / preset.config_dir,
                       data_root=runs.world_root(preset, args.data_root),
+                      companion_root=companion,
                       cache_dir=Path(args.cache_dir) if args.cache_dir else out / "cache",
                       device=args.device, runs_dir=out / "runs", on_mismatch=args.on_mismatch,
                       launch=launch, jobs=args.jobs, logs_dir=out / "logs",
@@ -140,6 +149,8 @@ def run_table(args: argparse.Namespace, launch: runs.Launcher, command: str) -> 
     report.write_markdown(out / "results.md", summary, preset, settings, commands, command,
                           (time.time() - started) / 60, setup.jobs)
     report.save_bar_chart(out / "rmse.png", summary)
+    if preset.goals == "labels":
+        report.save_fraction_plot(out / "rmse_by_fraction.png", summary)
     pictures = {"teacher (RGB)": presets.TEACHER, "official U-Net": presets.OFFICIAL_UNET,
                 "audio only": presets.AUDIO_ONLY}
     best_kd = report.best_by_validation(

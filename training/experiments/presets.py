@@ -28,6 +28,12 @@ AUDIO_ROLES = ("student", "kd")
 # screening and choice is made on the development worlds' validation RMSE; headline tables are
 # measured on the report worlds, which no decision has seen.
 DEVELOPMENT_WORLDS, REPORT_WORLDS = (0, 1), (2, 3)
+# A teacher-rich teacher learns from RGB-depth pairs of other rooms: the companion world of a
+# preset's world (its seed plus this offset, never a development or report world).
+COMPANION_WORLD_OFFSET = 1000
+
+
+TEACHER, OFFICIAL_UNET, AUDIO_ONLY = "rgb_teacher", "official_unet", "audio_only"
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,11 @@ class Experiment:
         controls: rows that train the same student for the same steps with the same loss
             structure but without the part of the teacher's information this row's gain is
             credited to (its goal line compares them).
+        teacher: for a distillation row, the teacher row it distils from (of the same seed).
+        labelled_fraction: this row's ``--labelled_fraction`` (``None``: the preset's).
+        companion_world: trained on the preset's companion world (its synthetic seed plus
+            :data:`COMPANION_WORLD_OFFSET`) instead of the preset's own: the teacher-rich
+            teacher, which has seen other rooms only.
     """
 
     name: str
@@ -58,13 +69,15 @@ class Experiment:
     feature_kd: bool = False
     scored: str = BEST
     controls: Tuple[str, ...] = ()
+    teacher: str = TEACHER
+    labelled_fraction: Optional[float] = None
+    companion_world: bool = False
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"{self.name}: role must be one of {ROLES}, got {self.role!r}")
 
 
-TEACHER, OFFICIAL_UNET, AUDIO_ONLY = "rgb_teacher", "official_unet", "audio_only"
 OFFICIAL_TUNED, STUDENT_OFFICIAL = "official_unet_tuned", "student_official_recipe"
 TEACHER_ROW = Experiment(TEACHER, "RGB teacher (upper bound)", "teacher", "teacher", "teacher")
 # Our contract scores the official recipe at its last epoch (the official code validates every
@@ -130,6 +143,43 @@ UNET_SCREEN_ROWS = (
                "student", "baseline", "official_unet_tuned",
                ("--scheduler", "none", "--warmup_epochs", "0")),
 )
+# Label-scarce distillation: each label fraction F with an audio-only student on the labelled
+# samples, a KD student from the strict teacher (trained on the same labelled samples) and one
+# from the teacher-rich teacher (the companion world's RGB-depth pairs); F = 1 is the fully
+# labelled pair of rows, F = 0 (no depth label on any echo) has only the teacher-rich KD.
+LABEL_FRACTIONS = (0.05, 0.1, 0.25)
+RICH_TEACHER = "rgb_teacher_rich"
+
+
+def _fraction_rows(fraction: float) -> Tuple[Experiment, ...]:
+    tag = f"f{fraction:g}"
+    strict = Experiment(f"rgb_teacher_{tag}", f"RGB teacher, {fraction:.0%} labelled", "teacher",
+                        "teacher", "teacher", labelled_fraction=fraction)
+    return (strict,
+            Experiment(f"audio_only_{tag}", f"audio only, {fraction:.0%} labelled", "student",
+                       "student", "student", labelled_fraction=fraction),
+            Experiment(f"kd_strict_{tag}", f"KD from the strict teacher, {fraction:.0%} "
+                       "labelled", "kd", "kd", "kd", teacher=strict.name,
+                       labelled_fraction=fraction, controls=(f"audio_only_{tag}",)),
+            Experiment(f"kd_rich_{tag}", f"KD from the teacher-rich teacher, {fraction:.0%} "
+                       "labelled", "kd", "kd", "kd", teacher=RICH_TEACHER,
+                       labelled_fraction=fraction, controls=(f"audio_only_{tag}",)))
+
+
+LABELS_ROWS = (
+    TEACHER_ROW,
+    Experiment(RICH_TEACHER, "RGB teacher of other rooms (teacher-rich)", "teacher", "teacher",
+               "teacher", companion_world=True),
+    *(row for fraction in LABEL_FRACTIONS for row in _fraction_rows(fraction)),
+    AUDIO_ROW,
+    Experiment("kd_strict_f1", "KD from the teacher, 100% labelled", "kd", "kd", "kd",
+               controls=(AUDIO_ONLY,)),
+    Experiment("kd_rich_f1", "KD from the teacher-rich teacher, 100% labelled", "kd", "kd",
+               "kd", teacher=RICH_TEACHER, controls=(AUDIO_ONLY,)),
+    # No label at all: nothing to start the head at the training median from.
+    Experiment("kd_rich_f0", "KD from the teacher-rich teacher, no depth label", "kd", "kd",
+               "kd", ("--head_init_depth", "none"), teacher=RICH_TEACHER, labelled_fraction=0.0),
+)
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = (TEACHER_ROW, *RECIPE_ROWS, KD_ROW, *KD_VARIANTS, *GATED_ROWS)
 DEVELOPMENT_ROWS = (TEACHER_ROW, *RECIPE_ROWS, *UNET_SCREEN_ROWS, KD_ROW, *GATED_ROWS)
@@ -149,8 +199,8 @@ class Preset:
         config_dir: folder of the experiments' config files, relative to the repository (or
             absolute).
         experiments: the trained rows, teacher first (the KD rows distil from it).
-        goals: which goal checks results.md prints: ``quick`` or ``standard`` (the latter also
-            serves ``development``).
+        goals: which goal checks results.md prints: ``quick``, ``standard`` (also for
+            ``development``) or ``labels``.
         seeds: default number of seeds (0..seeds-1).
         image_size, batch_size: of every run.
         teacher_epochs, student_epochs: ``--nb_epochs`` of the teacher and of every audio model.
@@ -210,6 +260,15 @@ PRESETS: Dict[str, Preset] = {
                     "only)",
         dataset="synthetic", config_dir="configs/synthetic", experiments=DEVELOPMENT_ROWS,
         goals="standard", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
+        student_epochs=8, max_depth=15.0, synthetic_size=64,
+        flags=("--num_workers", "0", "--num_val_images", "0")),
+    # Distillation where the teacher knows what the labels don't: the quick sizes, 3 seeds, every
+    # label fraction (training/labels.py). A run that reads only the labelled share trains
+    # 1 / F as many epochs, so every row takes the same optimiser steps.
+    "labels": Preset(
+        description="synthetic world at 64x64, label-scarce distillation",
+        dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_ROWS,
+        goals="labels", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
         student_epochs=8, max_depth=15.0, synthetic_size=64,
         flags=("--num_workers", "0", "--num_val_images", "0")),
     # Real BatVision V2 on a GPU, the official training length.
@@ -279,8 +338,7 @@ def resolve_preset(args: argparse.Namespace) -> Preset:
         if unknown or not wanted:
             raise UsageError(f"--experiments {args.experiments!r}: the {args.preset} preset's "
                              f"rows are {', '.join(sorted(known))}")
-        needs_teacher = any(e.kind == "kd" for e in preset.experiments if e.name in wanted)
+        teachers = {e.teacher for e in preset.experiments if e.name in wanted and e.kind == "kd"}
         overrides["experiments"] = tuple(
-            e for e in preset.experiments
-            if e.name in wanted or (e.name == TEACHER and needs_teacher))
+            e for e in preset.experiments if e.name in wanted or e.name in teachers)
     return dataclasses.replace(preset, **overrides)

@@ -23,7 +23,7 @@ from training.data import build_dataset, resolve_data_root
 from training.device import DistContext
 from training.experiments.presets import (
     AUDIO_ONLY, DEVELOPMENT_WORLDS, EXPERIMENTS, OFFICIAL_TUNED, OFFICIAL_UNET, REFERENCES,
-    REPORT_WORLDS, TEACHER, Preset, is_audio_row, is_kd_row,
+    REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row, is_kd_row,
 )
 from training.experiments.scoring import (
     METRIC_COLUMNS, TABLE_GROUND_TRUTH, VAL_RMSE, Row, metric_column, read_json,
@@ -137,18 +137,59 @@ def standard_goal_lines(by_name: Dict[str, Row]) -> List[str]:
     return lines
 
 
+# Goals of the labels table: at 10 % labelled, the strict KD student >= 20 % below the audio-only
+# one and within 1.10 x the fully labelled audio-only student; with no label at all, the
+# teacher-rich KD student within 1.25 x it.
+SCARCE_FRACTION, SCARCE_GAIN_GOAL, SCARCE_RATIO_GOAL, NO_LABEL_RATIO_GOAL = 0.1, 0.20, 1.10, 1.25
+
+
+def labels_goal_lines(by_name: Dict[str, Row]) -> List[str]:
+    """The labels table's goals (each with its numbers, met / not met, or what is missing)."""
+    tag = f"f{SCARCE_FRACTION:g}"
+    audio, full = by_name.get(f"audio_only_{tag}"), by_name.get(AUDIO_ONLY)
+    lines = []
+    for teacher in ("strict", "rich"):
+        kd = by_name.get(f"kd_{teacher}_{tag}")
+        if kd and audio:
+            share = 1 - kd["rmse"] / audio["rmse"]
+            gain, bar = gain_over(kd, audio)
+            past_bar = bar is not None and gain > bar
+            lines.append(
+                f"- {kd['label']}: >= {SCARCE_GAIN_GOAL:.0%} below {audio['label']} and past "
+                f"{SEED_SPREAD_GOAL:g} x the larger seed std: "
+                f"{_verdict(share >= SCARCE_GAIN_GOAL and past_bar)} ({kd['rmse']:.3f} vs "
+                f"{audio['rmse']:.3f} m, {share:.1%} below"
+                + ("; one seed, no spread" if bar is None
+                   else f"; gain {gain:.3f} vs bar {bar:.3f} m") + ").")
+        if kd and full:
+            ratio = kd["rmse"] / full["rmse"]
+            lines.append(f"- {kd['label']}: within {SCARCE_RATIO_GOAL:.2f} x the fully labelled "
+                         f"audio-only student: {_verdict(ratio <= SCARCE_RATIO_GOAL)} "
+                         f"({kd['rmse']:.3f} vs {full['rmse']:.3f} m, ratio {ratio:.3f}).")
+    no_label = by_name.get("kd_rich_f0")
+    if no_label and full:
+        ratio = no_label["rmse"] / full["rmse"]
+        lines.append(f"- {no_label['label']}: within {NO_LABEL_RATIO_GOAL:.2f} x the fully "
+                     f"labelled audio-only student: {_verdict(ratio <= NO_LABEL_RATIO_GOAL)} "
+                     f"({no_label['rmse']:.3f} vs {full['rmse']:.3f} m, ratio {ratio:.3f}).")
+    lines.append("- Inside the ground truth's holes (dense truth): not measured; the world does "
+                 "not yet write its complete depth.")
+    return lines
+
+
 def goal_lines(summary: List[Row], goals: str) -> List[str]:
     """The preset's goal checks plus how many audio rows beat the per-location mean depth map.
 
     Args:
         summary: :func:`training.experiments.scoring.summarise` of the table.
-        goals: ``quick`` or ``standard`` (:attr:`Preset.goals`).
+        goals: ``quick``, ``standard`` or ``labels`` (:attr:`Preset.goals`).
 
     Returns:
         One markdown bullet per check, each with its numbers.
     """
     by_name = {entry["experiment"]: entry for entry in summary}
-    lines = quick_goal_lines(by_name) if goals == "quick" else standard_goal_lines(by_name)
+    lines = {"quick": quick_goal_lines, "standard": standard_goal_lines,
+             "labels": labels_goal_lines}[goals](by_name)
     prior = by_name.get("location_mean_depth_map")
     audio = [e for name, e in by_name.items() if is_audio_row(name)]
     if prior and audio:
@@ -267,8 +308,9 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         f"\"best\" row is chosen); mean ± sample std over {preset.seeds} seed(s) (no ± with one "
         "seed). Each trained run is scored with `evaluate.py` at the checkpoint its row names: "
         "`best` = lowest validation RMSE, `last` = final epoch (the official recipe's rows: our "
-        "contract keeps no validation choice for that recipe). The reference rows predict the training split's mean depth map (overall / "
-        "of the sample's location), scored by the same metric code. Every row is scored on the "
+        "contract keeps no validation choice for that recipe). The reference rows predict the "
+        "training split's mean depth map (overall / of the sample's location), scored by the "
+        "same metric code. Every row is scored on the "
         f"ground truth of the `{TABLE_GROUND_TRUTH}` recipe (depth resized by nearest neighbour, "
         "+inf invalid), whatever recipe its model reads.", "",
         f"Metric protocols (valid ground-truth pixels): {protocols}. Per image, then mean over "
@@ -330,6 +372,41 @@ def save_bar_chart(path: Path, summary: List[Row]) -> None:
     ax.set_xlabel("test RMSE (m, gt > 0), lower is better")
     for y, entry in zip(positions, summary):
         ax.text(entry["rmse"], y, f" {entry['rmse']:.3f}", va="center")
+    save_figure(figure, path)
+
+
+def fraction_lines(summary: List[Row]) -> Dict[str, List[Tuple[float, Row]]]:
+    """The audio rows of a labels table grouped into lines of RMSE against label fraction:
+    ``audio only``, ``KD, strict teacher``, ``KD, teacher-rich``, each sorted by fraction."""
+    lines: Dict[str, List[Tuple[float, Row]]] = {}
+    for entry in summary:
+        experiment = EXPERIMENTS.get(entry["experiment"])
+        if experiment is None or experiment.role not in ("student", "kd"):
+            continue
+        fraction = 1.0 if experiment.labelled_fraction is None else experiment.labelled_fraction
+        if experiment.role == "student":
+            line = "audio only"
+        else:
+            rich = experiment.teacher == RICH_TEACHER
+            line = "KD, teacher-rich" if rich else "KD, strict teacher"
+        lines.setdefault(line, []).append((fraction, entry))
+    return {name: sorted(points, key=lambda point: point[0]) for name, points in lines.items()}
+
+
+def save_fraction_plot(path: Path, summary: List[Row]) -> None:
+    """Test RMSE (official protocol, metres) against label fraction, one line per row family,
+    the seed std shaded."""
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    for name, points in fraction_lines(summary).items():
+        x = np.array([fraction for fraction, _ in points])
+        y = np.array([entry["rmse"] for _, entry in points])
+        spread = np.array([entry["rmse_std"] or 0.0 for _, entry in points])
+        ax.plot(x, y, marker="o", label=name)
+        ax.fill_between(x, y - spread, y + spread, alpha=0.2)
+    ax.set_xlabel("share of training samples with a depth label")
+    ax.set_ylabel("test RMSE (m, gt > 0), lower is better")
+    ax.legend()
     save_figure(figure, path)
 
 

@@ -23,7 +23,9 @@ from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoin
 from training.data import REPO_ROOT, resolve_data_root
 from training.device import DistContext
 from training.errors import TrainingError
-from training.experiments.presets import BEST, LAST, TEACHER, Experiment, Preset
+from training.experiments.presets import (
+    BEST, COMPANION_WORLD_OFFSET, LAST, Experiment, Preset,
+)
 from training.identity import differences
 from training.run import expected_identity
 
@@ -54,6 +56,8 @@ class Setup:
         logs_dir: ``<out>/logs``.
         threads: ``--threads`` of every script (``None``: each its own ``auto``), from
             :func:`training.device.threads_per_job`.
+        companion_root: the companion world's folder, for the rows trained there
+            (:attr:`Experiment.companion_world`); ``None`` when no row is.
     """
 
     preset: Preset
@@ -67,6 +71,7 @@ class Setup:
     jobs: int = 1
     logs_dir: Optional[Path] = None
     threads: Optional[int] = None
+    companion_root: Optional[str] = None
 
     def thread_flags(self) -> List[str]:
         """``--threads N`` when the runs share the cores out, else nothing."""
@@ -100,14 +105,37 @@ class RunSpec:
         return self.run_dir / CHECKPOINT_FILES[self.experiment.scored]
 
 
+def labelled_fraction(experiment: Experiment, preset: Preset) -> float:
+    """The share of training samples a row's run keeps labelled: its own, else the preset's."""
+    own = experiment.labelled_fraction
+    return preset.labelled_fraction if own is None else own
+
+
+def epochs_of(experiment: Experiment, preset: Preset) -> int:
+    """``--nb_epochs`` of a row's run: the preset's, times 1 / F for a run that reads only the
+    labelled share F of the train split (the teacher and audio-only scripts), so that every row
+    of a table takes the same optimiser steps whatever its fraction."""
+    epochs = preset.teacher_epochs if experiment.kind == "teacher" else preset.student_epochs
+    fraction = labelled_fraction(experiment, preset)
+    if experiment.kind == "kd" or fraction >= 1 or fraction == 0:
+        return epochs
+    return max(1, round(epochs / fraction))
+
+
 def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
     """The run of ``experiment`` at ``seed``: its folder and its full command line (config file,
     the preset's sizes, the row's flags; no ``--resume``/``--overwrite``)."""
     preset = setup.preset
     seed_dir = setup.runs_dir / f"seed{seed}"
     config = setup.config_dir / f"{experiment.config}.yaml"
-    epochs = preset.teacher_epochs if experiment.kind == "teacher" else preset.student_epochs
-    argv = ["--config", str(config), "--dataset", preset.dataset, "--data_root", setup.data_root,
+    epochs = epochs_of(experiment, preset)
+    world_seed, data_root = preset.synthetic_seed, setup.data_root
+    if experiment.companion_world:
+        if setup.companion_root is None:
+            raise UsageError(f"{experiment.name}: trained on the companion world, which only a "
+                             "synthetic preset has")
+        world_seed, data_root = world_seed + COMPANION_WORLD_OFFSET, setup.companion_root
+    argv = ["--config", str(config), "--dataset", preset.dataset, "--data_root", data_root,
             "--image_size", str(preset.image_size), "--batch_size", str(preset.batch_size),
             "--nb_epochs", str(epochs), "--seed", str(seed),
             "--checkpoint_dir", str(seed_dir), "--experiment_name", experiment.name,
@@ -117,16 +145,17 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
         argv += ["--synthetic_locations", str(preset.synthetic_locations),
                  "--synthetic_samples", str(preset.synthetic_samples),
                  "--synthetic_size", str(preset.synthetic_size),
-                 "--synthetic_seed", str(preset.synthetic_seed)]
+                 "--synthetic_seed", str(world_seed)]
     if preset.max_depth is not None:
         argv += ["--max_depth", str(preset.max_depth)]
-    if preset.labelled_fraction < 1:
-        argv += ["--labelled_fraction", str(preset.labelled_fraction)]
+    fraction = labelled_fraction(experiment, preset)
+    if fraction < 1:
+        argv += ["--labelled_fraction", str(fraction)]
     argv += [*preset.flags, *experiment.flags]
     if experiment.feature_kd:
         argv += ["--lambda_feat", str(preset.feature_weight)]
     if experiment.kind == "kd":
-        argv += ["--teacher_checkpoint", str(seed_dir / TEACHER / BEST_CHECKPOINT)]
+        argv += ["--teacher_checkpoint", str(seed_dir / experiment.teacher / BEST_CHECKPOINT)]
     return RunSpec(experiment, seed, seed_dir / experiment.name, tuple(argv))
 
 
@@ -284,7 +313,8 @@ def train_and_score(specs: Sequence[RunSpec], setup: Setup,
     """Train (or reuse) every run (:func:`train_run`) and score it, ``setup.jobs`` at a time.
 
     With several jobs, teachers start first and a distillation run starts its training only once
-    its seed's teacher is done; a failed run does not stop the others.
+    its teacher (:attr:`Experiment.teacher` of its seed) is done; a failed run does not stop the
+    others.
 
     Args:
         specs: the runs.
@@ -304,10 +334,10 @@ def train_and_score(specs: Sequence[RunSpec], setup: Setup,
 
     if setup.jobs == 1:
         return [trained_and_scored(spec) for spec in specs]
-    teachers: Dict[int, Future] = {}
+    teachers: Dict[Tuple[int, str], Future] = {}
 
     def after_teacher(spec: RunSpec) -> Scored:
-        teacher = teachers.get(spec.seed)
+        teacher = teachers.get((spec.seed, spec.experiment.teacher))
         if teacher is not None:
             teacher.result()  # its failure is this run's
         return trained_and_scored(spec)
@@ -322,7 +352,7 @@ def train_and_score(specs: Sequence[RunSpec], setup: Setup,
             futures[id(spec)] = pool.submit(after_teacher if spec.experiment.kind == "kd"
                                             else trained_and_scored, spec)
             if spec.experiment.kind == "teacher":
-                teachers[spec.seed] = futures[id(spec)]
+                teachers[(spec.seed, spec.experiment.name)] = futures[id(spec)]
     failures = [futures[id(spec)].exception() for spec in specs]
     first_failure = next((error for error in failures if error is not None), None)
     if first_failure is not None:
