@@ -65,14 +65,15 @@ def quick_goal_lines(by_name: Dict[str, Row]) -> List[str]:
             f"RMSE; best audio row: {_chosen(best)})."]
 
 
-def ratio_lines(student: Row, unet: Row, which: str) -> List[str]:
-    """Our student's test RMSE and training time as shares of one U-Net row's."""
+def ratio_lines(student: Row, unet: Row) -> List[str]:
+    """Our student's test RMSE and training time as shares of the U-Net row's (the U-Net with
+    its better recipe by validation)."""
     ratio = student["rmse"] / unet["rmse"]
     time_ratio = student["train_seconds"] / unet["train_seconds"]
-    return [f"- Audio-only RMSE <= {AUDIO_ONLY_GOAL:.2f} x the U-Net's, {which}: "
-            f"{_verdict(ratio <= AUDIO_ONLY_GOAL)} ({student['rmse']:.3f} vs "
-            f"{unet['rmse']:.3f} m, ratio {ratio:.3f}).",
-            f"- Audio-only training time <= {TRAIN_TIME_GOAL} x the U-Net's, {which}: "
+    return [f"- Audio-only RMSE <= {AUDIO_ONLY_GOAL:.2f} x the U-Net's with its better recipe "
+            f"({_chosen(unet)}): {_verdict(ratio <= AUDIO_ONLY_GOAL)} ({student['rmse']:.3f} "
+            f"vs {unet['rmse']:.3f} m, ratio {ratio:.3f}).",
+            f"- Audio-only training time <= {TRAIN_TIME_GOAL} x that U-Net's: "
             f"{_verdict(time_ratio <= TRAIN_TIME_GOAL)} ({student['train_seconds']:.0f} vs "
             f"{unet['train_seconds']:.0f} s, ratio {time_ratio:.2f})."]
 
@@ -102,18 +103,22 @@ def control_line(row: Row, controls: List[Row]) -> str:
 
 
 def standard_goal_lines(by_name: Dict[str, Row]) -> List[str]:
-    """The standard table's goals (our student against the U-Net under either recipe, the best
-    KD against the official U-Net and the audio-only student, every KD row against its
+    """The standard table's goals (our student against the U-Net with its better recipe, the
+    best KD against the official U-Net and the audio-only student, every KD row against its
     controls), each with its numbers and met / not met. "Best" is by validation RMSE."""
     official, audio = by_name.get(OFFICIAL_UNET), by_name.get(AUDIO_ONLY)
     tuned = by_name.get(OFFICIAL_TUNED)
     kd_names = [name for name in by_name if is_kd_row(name)]
     best_kd = best_by_validation([by_name[name] for name in kd_names])
     lines = []
-    if tuned and audio:
-        lines += ratio_lines(audio, tuned, "our recipe for both (the recipe-matched U-Net)")
-    if official and audio:
-        lines += ratio_lines(audio, official, "official recipe for the U-Net")
+    # The U-Net's own best recipe is whichever of its two validates better: measuring our student
+    # against the weaker one would credit the architecture with a recipe's loss.
+    unet = best_by_validation([row for row in (official, tuned) if row])
+    if unet and audio:
+        lines += ratio_lines(audio, unet)
+    if official and tuned:
+        lines.append(f"- The U-Net by recipe (test RMSE): {official['label']} "
+                     f"{official['rmse']:.3f} m, {tuned['label']} {tuned['rmse']:.3f} m.")
     if official and best_kd:
         ratio = best_kd["rmse"] / official["rmse"]
         lines.append(f"- Best KD RMSE <= {BEST_KD_GOAL:.2f} x the official U-Net's: "
