@@ -180,9 +180,15 @@ LABELS_ROWS = (
     Experiment("kd_rich_f0", "KD from the teacher-rich teacher, no depth label", "kd", "kd",
                "kd", ("--head_init_depth", "none"), teacher=RICH_TEACHER, labelled_fraction=0.0),
 )
+# The same lever for our student, which was screened with the log1p input only.
+STUDENT_SCREEN_ROWS = (
+    Experiment("audio_only_linear", "audio only, our recipe, linear magnitude input", "student",
+               "student", "student", ("--recipe", "official")),
+)
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = (TEACHER_ROW, *RECIPE_ROWS, KD_ROW, *KD_VARIANTS, *GATED_ROWS)
-DEVELOPMENT_ROWS = (TEACHER_ROW, *RECIPE_ROWS, *UNET_SCREEN_ROWS, KD_ROW, *GATED_ROWS)
+DEVELOPMENT_ROWS = (TEACHER_ROW, *RECIPE_ROWS, *UNET_SCREEN_ROWS, *STUDENT_SCREEN_ROWS, KD_ROW,
+                    *GATED_ROWS)
 REFERENCES = {
     "mean_depth_map": "reference: mean depth map of the train split",
     "location_mean_depth_map": "reference: per-location mean depth map of the train split",
