@@ -625,3 +625,14 @@ def test_a_tiny_labels_preset_runs_end_to_end(tmp_path: Path,
     assert "- KD from the strict teacher, 10% labelled: >= 20% below" in table
     assert "- KD from the teacher-rich teacher, no depth label: within 1.25 x" in table
     assert (out / "rmse_by_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_table_without_the_usual_picture_rows_shows_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = _tiny_argv(tmp_path, "--preset", "development", "--seeds", "1", "--experiments",
+                      "audio_only_linear")
+    assert _run(argv, monkeypatch).trained() == ["audio_only_linear"]
+    out = tmp_path / "results"
+    assert (out / "pictures.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "audio only, our recipe, linear magnitude input" in (out / "results.md").read_text()

@@ -157,10 +157,12 @@ def run_table(args: argparse.Namespace, launch: runs.Launcher, command: str) -> 
         [e for e in summary if presets.is_kd_row(e["experiment"])])
     if best_kd:
         pictures[f"best KD: {best_kd['experiment']}"] = best_kd["experiment"]
-    report.save_picture_grid(out / "pictures.png",
-                             {title: first[name].scored_checkpoint
-                              for title, name in pictures.items() if name in first},
-                             args.num_pictures, resolve_device(args.device))
+    columns = {title: first[name].scored_checkpoint
+               for title, name in pictures.items() if name in first}
+    if not columns:  # --experiments chose none of those rows: show the first ones it did choose
+        columns = {name: spec.scored_checkpoint for name, spec in list(first.items())[:4]}
+    report.save_picture_grid(out / "pictures.png", columns, args.num_pictures,
+                             resolve_device(args.device))
     return out
 
 
