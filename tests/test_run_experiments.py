@@ -635,4 +635,4 @@ def test_a_table_without_the_usual_picture_rows_shows_its_own(
     assert _run(argv, monkeypatch).trained() == ["audio_only_linear"]
     out = tmp_path / "results"
     assert (out / "pictures.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "audio only, our recipe, linear magnitude input" in (out / "results.md").read_text()
+    assert "audio only, our recipe, official preprocessing" in (out / "results.md").read_text()
