@@ -19,8 +19,9 @@ A recipe is a frozen dataclass holding every parameter that shapes the tensors, 
       carry no label);
     * magnitude scaled by one global constant, ``log1p(|STFT| / 1e-3)``: compresses the dynamic
       range of echoes into O(1–10) values without any per-channel or per-sample normalisation,
-      so the level difference between the ears survives (on a simulated world, log and linear
-      magnitude trained about equally well);
+      so the level difference between the ears survives (on the simulated world, with the rest
+      of our training recipe, the official linear magnitude without antialiasing validated
+      better for both audio models, so configs/synthetic take the official recipe);
     * antialiased bilinear resize of the spectrogram (a plain bilinear downsample aliases);
     * depth resized by nearest neighbour (``nearest-exact``): a hole stays a hole and no depth
       value is invented by blending a wall with a hole; +inf is invalid, not max_depth.

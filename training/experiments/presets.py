@@ -135,9 +135,9 @@ UNET_SCREEN_ROWS = (
                "baseline", "official_unet_tuned", ("--ema_decay", "0")),
     Experiment("official_unet_tuned_no_mirror", "official U-Net, our recipe, no mirroring",
                "student", "baseline", "official_unet_tuned", ("--no-mirror_augment",)),
-    Experiment("official_unet_tuned_linear", "official U-Net, our recipe, official "
-               "preprocessing (linear magnitude, no antialiasing)", "student", "baseline",
-               "official_unet_tuned", ("--recipe", "official")),
+    Experiment("official_unet_tuned_log1p", "official U-Net, our recipe, default preprocessing "
+               "(log1p magnitude, antialiasing)", "student", "baseline", "official_unet_tuned",
+               ("--recipe", "default")),
     Experiment("official_unet_tuned_no_head_init", "official U-Net, our recipe, no head init",
                "student", "baseline", "official_unet_tuned", ("--head_init_depth", "none")),
     Experiment("official_unet_tuned_constant_lr", "official U-Net, our recipe, constant lr",
@@ -181,11 +181,12 @@ LABELS_ROWS = (
     Experiment("kd_rich_f0", "KD from the teacher-rich teacher, no depth label", "kd", "kd",
                "kd", ("--head_init_depth", "none"), teacher=RICH_TEACHER, labelled_fraction=0.0),
 )
-# The same lever for our student, which was screened with the default preprocessing only.
+# The same lever for our student (its configs take the official preprocessing since the
+# development worlds measured it; this row keeps the default recipe's beside it).
 STUDENT_SCREEN_ROWS = (
-    Experiment("audio_only_linear", "audio only, our recipe, official preprocessing (linear "
-               "magnitude, no antialiasing)", "student", "student", "student",
-               ("--recipe", "official")),
+    Experiment("audio_only_log1p", "audio only, our recipe, default preprocessing (log1p "
+               "magnitude, antialiasing)", "student", "student", "student",
+               ("--recipe", "default")),
 )
 QUICK_ROWS = (TEACHER_ROW, OFFICIAL_ROW, AUDIO_ROW, KD_ROW)
 STANDARD_ROWS = (TEACHER_ROW, *RECIPE_ROWS, KD_ROW, *KD_VARIANTS, *GATED_ROWS)
