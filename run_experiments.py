@@ -10,8 +10,10 @@ Presets (the rows, config files and sizes live in training/experiments/presets.p
                (depth + d1..d4 features; confidence-weighted; encoder features x1..x5), the
                gated distillation and its controls.
   development  decisions: 64x64, 3 seeds, the recipe cells, the recipe-matched U-Net's
-               screening (lr, width, EMA), the gated distillation and its controls; run it on the
-               development worlds (--synthetic_seed 0 and 1) and decide on validation RMSE.
+               screening (learning rate, width, EMA, mirroring, head init, schedule,
+               preprocessing), our student's preprocessing, depth KD, the gated distillation and
+               its controls; run it on the development worlds (--synthetic_seed 0 and 1) and
+               decide on validation RMSE.
   labels       label-scarce distillation (64x64, 3 seeds): for each share F of labelled
                training samples (0.05, 0.1, 0.25, 1) an audio-only student, KD from a strict
                teacher (the same labelled samples) and KD from a teacher-rich teacher (RGB-depth
