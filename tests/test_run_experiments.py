@@ -605,7 +605,7 @@ def test_the_fraction_plot_draws_one_line_per_family() -> None:
     summary = [_entry(name, rmse, 0.01) for name, rmse in [
         (AUDIO_ONLY, 0.6), ("audio_only_f0.1", 0.8), ("kd_strict_f0.1", 0.7),
         ("kd_rich_f0.1", 0.72), ("kd_rich_f0", 0.9), ("kd_strict_f1", 0.61), ("rgb_teacher", 0.3)]]
-    lines = report.fraction_lines(summary)
+    lines = report.fraction_lines(summary, presets.PRESETS["labels"])
     assert {name: [f for f, _ in points] for name, points in lines.items()} == {
         "audio only": [0.1, 1.0], "KD, strict teacher": [0.1, 1.0],
         "KD, teacher-rich": [0.0, 0.1]}

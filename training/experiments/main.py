@@ -150,7 +150,7 @@ def run_table(args: argparse.Namespace, launch: runs.Launcher, command: str) -> 
                           (time.time() - started) / 60, setup.jobs)
     report.save_bar_chart(out / "rmse.png", summary)
     if preset.goals == "labels":
-        report.save_fraction_plot(out / "rmse_by_fraction.png", summary)
+        report.save_fraction_plot(out / "rmse_by_fraction.png", summary, preset)
     pictures = {"teacher (RGB)": presets.TEACHER, "official U-Net": presets.OFFICIAL_UNET,
                 "audio only": presets.AUDIO_ONLY}
     best_kd = report.best_by_validation(

@@ -73,6 +73,12 @@ class Experiment:
     labelled_fraction: Optional[float] = None
     companion_world: bool = False
 
+    def fraction_in(self, preset: "Preset") -> float:
+        """The share of training samples this row's runs keep labelled in ``preset``: its own
+        :attr:`labelled_fraction`, else the preset's."""
+        own = self.labelled_fraction
+        return preset.labelled_fraction if own is None else own
+
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"{self.name}: role must be one of {ROLES}, got {self.role!r}")

@@ -22,8 +22,8 @@ from training.checkpoint import CONFIG_FILE, Checkpoint, atomic_write, load_chec
 from training.data import build_dataset, resolve_data_root
 from training.device import DistContext
 from training.experiments.presets import (
-    AUDIO_ONLY, DEVELOPMENT_WORLDS, EXPERIMENTS, OFFICIAL_TUNED, OFFICIAL_UNET, REFERENCES,
-    REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row, is_kd_row,
+    AUDIO_ONLY, AUDIO_ROLES, DEVELOPMENT_WORLDS, EXPERIMENTS, OFFICIAL_TUNED, OFFICIAL_UNET,
+    REFERENCES, REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row, is_kd_row,
 )
 from training.experiments.scoring import (
     METRIC_COLUMNS, TABLE_GROUND_TRUTH, VAL_RMSE, Row, metric_column, read_json,
@@ -380,30 +380,32 @@ def save_bar_chart(path: Path, summary: List[Row]) -> None:
     save_figure(figure, path)
 
 
-def fraction_lines(summary: List[Row]) -> Dict[str, List[Tuple[float, Row]]]:
+def fraction_lines(summary: List[Row],
+                   preset: Preset) -> Dict[str, List[Tuple[float, Row]]]:
     """The audio rows of a labels table grouped into lines of RMSE against label fraction:
-    ``audio only``, ``KD, strict teacher``, ``KD, teacher-rich``, each sorted by fraction."""
+    ``audio only``, ``KD, strict teacher``, ``KD, teacher-rich``, each sorted by fraction
+    (:meth:`Experiment.fraction_in` ``preset``)."""
+    rows = {e.name: e for e in preset.experiments}
     lines: Dict[str, List[Tuple[float, Row]]] = {}
     for entry in summary:
-        experiment = EXPERIMENTS.get(entry["experiment"])
-        if experiment is None or experiment.role not in ("student", "kd"):
+        experiment = rows.get(entry["experiment"])
+        if experiment is None or experiment.role not in AUDIO_ROLES:
             continue
-        fraction = 1.0 if experiment.labelled_fraction is None else experiment.labelled_fraction
         if experiment.role == "student":
             line = "audio only"
         else:
             rich = experiment.teacher == RICH_TEACHER
             line = "KD, teacher-rich" if rich else "KD, strict teacher"
-        lines.setdefault(line, []).append((fraction, entry))
+        lines.setdefault(line, []).append((experiment.fraction_in(preset), entry))
     return {name: sorted(points, key=lambda point: point[0]) for name, points in lines.items()}
 
 
-def save_fraction_plot(path: Path, summary: List[Row]) -> None:
+def save_fraction_plot(path: Path, summary: List[Row], preset: Preset) -> None:
     """Test RMSE (official protocol, metres) against label fraction, one line per row family,
     the seed std shaded."""
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
-    for name, points in fraction_lines(summary).items():
+    for name, points in fraction_lines(summary, preset).items():
         x = np.array([fraction for fraction, _ in points])
         y = np.array([entry["rmse"] for _, entry in points])
         spread = np.array([entry["rmse_std"] or 0.0 for _, entry in points])

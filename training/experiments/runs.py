@@ -105,18 +105,12 @@ class RunSpec:
         return self.run_dir / CHECKPOINT_FILES[self.experiment.scored]
 
 
-def labelled_fraction(experiment: Experiment, preset: Preset) -> float:
-    """The share of training samples a row's run keeps labelled: its own, else the preset's."""
-    own = experiment.labelled_fraction
-    return preset.labelled_fraction if own is None else own
-
-
 def epochs_of(experiment: Experiment, preset: Preset) -> int:
     """``--nb_epochs`` of a row's run: the preset's, times 1 / F for a run that reads only the
     labelled share F of the train split (the teacher and audio-only scripts), so that every row
     of a table takes the same optimiser steps whatever its fraction."""
     epochs = preset.teacher_epochs if experiment.kind == "teacher" else preset.student_epochs
-    fraction = labelled_fraction(experiment, preset)
+    fraction = experiment.fraction_in(preset)
     if experiment.kind == "kd" or fraction >= 1 or fraction == 0:
         return epochs
     return max(1, round(epochs / fraction))
@@ -148,7 +142,7 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
                  "--synthetic_seed", str(world_seed)]
     if preset.max_depth is not None:
         argv += ["--max_depth", str(preset.max_depth)]
-    fraction = labelled_fraction(experiment, preset)
+    fraction = experiment.fraction_in(preset)
     if fraction < 1:
         argv += ["--labelled_fraction", str(fraction)]
     argv += [*preset.flags, *experiment.flags]
