@@ -255,6 +255,13 @@ def spread_indices(length: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, length - 1, min(length, count)).round().astype(int))
 
 
+def valid_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """Bool mask of the pixels of a raw depth map that hold a depth: finite and > 0 (what the
+    recipes keep; 0, negative, NaN and ±inf are holes)."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(depth_mm) & (depth_mm > 0)
+
+
 def check_labels(dataset: "_BatvisionDataset", max_files: int = 32) -> None:
     """Stop on a split whose depth labels cannot be right, from a cheap deterministic sample.
 
@@ -278,7 +285,7 @@ def check_labels(dataset: "_BatvisionDataset", max_files: int = 32) -> None:
     for i in picks:
         path = dataset.records[i].depth_path
         depth = read_depth_mm(path)
-        valid = depth[np.isfinite(depth) & (depth > 0)]
+        valid = depth[valid_depth(depth)]
         if valid.size:
             medians.append(float(np.median(valid)))
             example = example or path

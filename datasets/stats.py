@@ -49,7 +49,7 @@ from tqdm import tqdm
 from common.argtypes import ArgumentParser, positive_float, positive_int
 from common.errors import UsageError, user_errors
 from datasets.batvision import (BatvisionV2Dataset, Record, read_depth_mm, read_ear_pair,
-                                read_wav, spread_indices)
+                                read_wav, spread_indices, valid_depth)
 from datasets.errors import DataError
 from datasets.recipes import SAMPLE_RATE, get_recipe
 from datasets.registry import READERS, detect_dataset
@@ -63,8 +63,8 @@ ENVELOPE_TIMES_MS = (5, 20, 50, 100, 170)
 SCHROEDER_FIT_DB = (-5.0, -25.0)
 NOISE_MARGIN_DB = 10.0       # the fit's end must lie this far above the noise floor (ISO 3382)
 NOISE_TAIL = 10              # the noise floor is measured on the last 1/NOISE_TAIL of a recording
-# The official recipe's echo window uses this speed of sound, whatever recipe trains.
-SPEED_OF_SOUND = get_recipe("official").speed_of_sound
+# The late-energy share is measured after the official recipe's cut, whatever recipe trains.
+OFFICIAL_RECIPE = get_recipe("official")
 BORDER_SHARE = 0.05          # of the height (rows) and of the width (columns), each side
 JUMP_M = 0.3                 # a depth step larger than this between neighbours is an occlusion
 BOUNDARY_RADIUS_PX = 2.0
@@ -193,10 +193,11 @@ def schroeder_rt60(audio: np.ndarray, sample_rate: int) -> Optional[float]:
     return float(-60.0 / slope) if slope < 0 else None
 
 
-def echo_window_samples(max_depth: float, sample_rate: int = SAMPLE_RATE) -> int:
-    """Samples the official recipe keeps: the round trip to ``max_depth`` metres,
-    ``int(2 * max_depth / 340 * sample_rate)`` (7,782 at 30 m and 44.1 kHz)."""
-    return int(2 * max_depth / SPEED_OF_SOUND * sample_rate)
+def echo_window_samples(max_depth: float) -> int:
+    """Samples the official recipe keeps of a V2 recording at 44.1 kHz: the round trip to
+    ``max_depth`` metres (7,782 at 30 m; :meth:`datasets.recipes.Recipe.cut_length`), applied
+    to V1 trees too so both are measured after the same window."""
+    return OFFICIAL_RECIPE.cut_length(max_depth, "v2")
 
 
 def late_energy_share(audio: np.ndarray, cut: int) -> Optional[float]:
@@ -252,12 +253,6 @@ def audio_statistics(audio: np.ndarray, sample_rate: int, cut: int) -> Nested:
 # --------------------------------------------------------------------------------------------
 # Depth: (H, W) maps in millimetres
 
-def valid_mask(depth_mm: np.ndarray) -> np.ndarray:
-    """Valid pixels: finite and > 0, as the default recipe and the label check count them."""
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(depth_mm) & (depth_mm > 0)
-
-
 def border_mask(shape: Tuple[int, int], share: float = BORDER_SHARE) -> np.ndarray:
     """The image's outer frame: ``share`` of the height at the top and bottom, of the width at
     the left and right (at least one pixel each)."""
@@ -303,7 +298,7 @@ def depth_statistics(depth_mm: np.ndarray) -> Nested:
         ``holes_by_nearest_depth_m`` (by bin name). None where not measurable (no valid pixel,
         no hole, no inside).
     """
-    valid = valid_mask(depth_mm)
+    valid = valid_depth(depth_mm)
     holes = ~valid
     frame = border_mask(valid.shape)
     stats: Nested = {
@@ -492,7 +487,7 @@ def measure(tree: Tree, max_samples: Optional[int] = None, keep_envelopes: bool 
     """
     picks = (spread_indices(len(tree.records), max_samples) if max_samples is not None
              else np.arange(len(tree.records)))
-    cut = echo_window_samples(tree.max_depth, SAMPLE_RATE)
+    cut = echo_window_samples(tree.max_depth)
     grid_ms = np.arange(0.0, PICTURE_SPAN_MS + PICTURE_STEP_MS / 2, PICTURE_STEP_MS)
     values: Dict[str, List[Optional[float]]] = {}
     envelopes: List[np.ndarray] = []
@@ -665,7 +660,7 @@ def report(tree: Tree, split: str, found: Measurement) -> Dict[str, Any]:
     return {"root": os.path.abspath(tree.root), "dataset": tree.dataset,
             "detected": tree.detected, "split": split, "max_depth_m": tree.max_depth,
             "sample_rate_hz": SAMPLE_RATE,
-            "echo_window_samples": echo_window_samples(tree.max_depth, SAMPLE_RATE),
+            "echo_window_samples": echo_window_samples(tree.max_depth),
             "samples": found.samples, "statistics": found.statistics}
 
 

@@ -67,9 +67,9 @@ def test_schroeder_rt60_survives_a_noise_floor_and_refuses_no_decay():
 
 
 def test_late_energy_share_counts_the_samples_from_the_cut_on():
-    cut = stats.echo_window_samples(30.0, SR)
+    cut = stats.echo_window_samples(30.0)
     assert cut == 7_782
-    assert stats.echo_window_samples(12.0, SR) == int(2 * 12.0 / 340 * SR)
+    assert stats.echo_window_samples(12.0) == int(2 * 12.0 / 340 * SR)
     audio = impulse(20_000, 100, amplitude=0.1)
     audio[:, cut + 10] = 0.2                       # energy 0.01 before the cut, 0.04 after
     assert stats.late_energy_share(audio, cut) == pytest.approx(0.8)
