@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import sys
 import time
@@ -100,8 +99,7 @@ def make_setup(args: argparse.Namespace, launch: runs.Launcher) -> runs.Setup:
         if preset.dataset != "synthetic":
             raise UsageError(f"the {args.preset} preset trains a teacher on a companion world, "
                              "which only the synthetic dataset has")
-        companion = runs.world_root(dataclasses.replace(
-            preset, synthetic_seed=preset.synthetic_seed + presets.COMPANION_WORLD_OFFSET), None)
+        companion = runs.world_root(preset.companion(), None)
     return runs.Setup(preset=preset, config_dir=REPO_ROOT / preset.config_dir,
                       data_root=runs.world_root(preset, args.data_root),
                       companion_root=companion,

@@ -246,6 +246,12 @@ class Preset:
     labelled_fraction: float = 1.0
     flags: Tuple[str, ...] = ()
 
+    def companion(self) -> "Preset":
+        """This preset on its companion world (:data:`COMPANION_WORLD_OFFSET`), where the rows
+        of :attr:`Experiment.companion_world` train."""
+        return dataclasses.replace(
+            self, synthetic_seed=self.synthetic_seed + COMPANION_WORLD_OFFSET)
+
 
 PRESETS: Dict[str, Preset] = {
     # The README's main command, sized for <= 10 minutes on a quiet 2-core CPU: the config files'

@@ -23,9 +23,7 @@ from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoin
 from training.data import REPO_ROOT, resolve_data_root
 from training.device import DistContext
 from training.errors import TrainingError
-from training.experiments.presets import (
-    BEST, COMPANION_WORLD_OFFSET, LAST, Experiment, Preset,
-)
+from training.experiments.presets import BEST, LAST, Experiment, Preset
 from training.identity import differences
 from training.run import expected_identity
 
@@ -128,7 +126,7 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
         if setup.companion_root is None:
             raise UsageError(f"{experiment.name}: trained on the companion world, which only a "
                              "synthetic preset has")
-        world_seed, data_root = world_seed + COMPANION_WORLD_OFFSET, setup.companion_root
+        world_seed, data_root = preset.companion().synthetic_seed, setup.companion_root
     argv = ["--config", str(config), "--dataset", preset.dataset, "--data_root", data_root,
             "--image_size", str(preset.image_size), "--batch_size", str(preset.batch_size),
             "--nb_epochs", str(epochs), "--seed", str(seed),
