@@ -1,6 +1,7 @@
 """The shared command line: flag validation at parse time, ``--config`` files, help."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 from pathlib import Path
 from typing import Callable, List
@@ -122,3 +123,10 @@ def test_every_flag_has_help() -> None:
     for kind in cli.KIND_MODELS:
         for action in cli.build_parser(kind, None)._actions:
             assert action.help, (kind, action.dest)
+
+
+def test_a_bad_head_init_names_every_accepted_form() -> None:
+    for text, reason in (("banana", "expected float, got 'banana'"), ("-1", "must be > 0.0")):
+        with pytest.raises(argparse.ArgumentTypeError,
+                           match=f"expected 'median', 'none' or metres > 0; {reason}"):
+            cli.head_init_depth(text)

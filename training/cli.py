@@ -74,7 +74,13 @@ def head_init_depth(text: str) -> "str | float | None":
     (the architecture's own start, so a command line can undo a config file's choice)."""
     if text == "none":
         return None
-    return text if text == "median" else positive_float(text)
+    if text == "median":
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"expected 'median', 'none' or metres > 0; {error}") \
+            from None
 
 
 def worker_count(text: str) -> "str | int":
