@@ -10,7 +10,9 @@ the default recipe's depth whatever recipe the run was trained on, so runs of di
 tables do. ``--mirror_average`` scores the mean of the prediction and the mirrored prediction of
 the mirrored input (ears swapped, image flipped): two forward passes. ``by_depth`` in
 ``metrics.json`` breaks the errors down by ground-truth depth range (``--depth_ranges``), pooled
-over pixels: where a model is accurate, near or far.
+over pixels: where a model is accurate, near or far. ``--truth dense`` scores against a simulated
+world's complete depth (holes included; real data have none and stop with one line) and adds
+``holes`` to ``metrics.json``: the errors on the pixels where the sensor's depth map has a hole.
 
     python evaluate.py --checkpoint checkpoints/my_run/best_model.pth --split test
     python evaluate.py --checkpoint checkpoints/my_run --data_root /data/BatvisionV2 --out results/x
@@ -33,7 +35,7 @@ from common.argtypes import ArgumentParser, non_negative_float, positive_int
 from common.errors import user_errors
 from datasets.recipes import RECIPES
 from datasets.registry import DATASETS
-from datasets.sample import DEPTH, META, SPLITS
+from datasets.sample import DEPTH, META, SENSOR_VALID, SPLITS, TRUTHS
 from training.checkpoint import (
     BEST_CHECKPOINT, EVALUATION_PREFIX, METRICS_FILE, PER_IMAGE_FILE, atomic_write,
     load_checkpoint, load_model, write_json,
@@ -43,8 +45,8 @@ from training.data import MODEL_INPUTS, build_dataset, resolve_data_root
 from training.device import DistContext, configure_cuda_kernels, resolve_device
 from training.identity import checkpoint_fingerprint
 from training.metrics import (
-    BV2_MIN_05, METRIC_NAMES, DepthRangeErrors, MultiProtocolMetrics, depth_range_edges,
-    format_protocol_table, protocol_for,
+    BV2_MIN_05, METRIC_NAMES, DepthMetrics, DepthRangeErrors, MultiProtocolMetrics,
+    depth_range_edges, format_protocol_table, protocol_for,
 )
 from training.run import configure_cpu
 from training.tasks import DepthTask, MirrorAveraged
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--recipe, as during its validation; default: nearest-neighbour "
                              "resize, +inf invalid; official: bilinear resize (holes blend into "
                              "their neighbours), +inf = max depth")
+    parser.add_argument("--truth", choices=TRUTHS, default="sensor",
+                        help="sensor: the depth maps the dataset's CSVs name (with their "
+                             "holes); dense: a simulated world's complete depth beside them "
+                             "(holes scored too; metrics.json then also reports the errors "
+                             "inside the sensor's holes); real data have no dense depth")
     parser.add_argument("--mirror_average", action="store_true",
                         help="score the mean of the prediction and the mirrored prediction of "
                              "the mirrored input (ears swapped, or image flipped): two forward "
@@ -122,6 +129,7 @@ def evaluate_checkpoint(
     ground_truth: str = RUN_RECIPE,
     mirror_average: bool = False,
     depth_ranges: Sequence[float] = DEFAULT_DEPTH_RANGES,
+    truth: str = "sensor",
 ) -> Dict[str, Any]:
     """Evaluate one checkpoint; writes ``metrics.json`` and ``per_image.csv`` into ``out_dir``.
 
@@ -136,6 +144,7 @@ def evaluate_checkpoint(
         ground_truth: recipe whose depth rule makes the ground truth (``run``: the run's own).
         mirror_average: score :class:`training.tasks.MirrorAveraged` predictions.
         depth_ranges: edges (metres) of :class:`training.metrics.DepthRangeErrors`.
+        truth: ``sensor`` depth maps, or a simulated world's ``dense`` (complete) depth.
 
     Returns:
         The metrics (:meth:`training.metrics.DepthMetrics.compute`) plus ``split``,
@@ -146,7 +155,9 @@ def evaluate_checkpoint(
         ``identity_fingerprint`` (the run identity's, ``None`` for a checkpoint without one),
         ``data_fingerprint`` (the evaluated split's), ``ground_truth`` (the recipe name whose
         depth rule was used), ``mirror_average`` and ``by_depth`` (the errors per ground-truth
-        depth range).
+        depth range), ``truth`` and, for the dense truth, ``holes`` (the metrics on the pixels
+        where the sensor's map has a hole, under the run's valid-pixel rule; images without a
+        hole are skipped).
 
     Raises:
         DataError: unreadable checkpoint or data, or a checkpoint with non-finite weights.
@@ -162,7 +173,7 @@ def evaluate_checkpoint(
     input_key = MODEL_INPUTS[saved["model_name"]]
     ground_truth = args.recipe if ground_truth == RUN_RECIPE else ground_truth
     data_set = build_dataset(args, resolve_data_root(args, DistContext()), split,
-                             use_rgb=input_key == "rgb", ground_truth=ground_truth)
+                             use_rgb=input_key == "rgb", ground_truth=ground_truth, truth=truth)
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
     scored = MirrorAveraged(model, input_key) if mirror_average else model
     task = DepthTask(scored, input_key, model.config["max_depth"], args.criterion)
@@ -172,11 +183,15 @@ def evaluate_checkpoint(
     # rule of recent BatVision V2 papers, so a table can sit beside published numbers.
     metrics = MultiProtocolMetrics((protocol_for(valid_threshold), BV2_MIN_05), device=torch_device)
     by_depth = DepthRangeErrors(depth_ranges, device=torch_device)
+    holes = DepthMetrics(valid_threshold, device=torch_device)
     rows: List[Dict[str, Any]] = []
 
     def record(batch: Dict[str, Any], depth: torch.Tensor, scores: torch.Tensor,
                n_valid: torch.Tensor) -> None:
         by_depth.update(depth, batch[DEPTH])
+        if truth == "dense":
+            sensor_valid = batch[SENSOR_VALID].to(depth.device)
+            holes.update(depth, batch[DEPTH].masked_fill(sensor_valid, 0.0))
         meta = batch[META]
         for i in range(len(depth)):
             row: Dict[str, Any] = {
@@ -196,8 +211,10 @@ def evaluate_checkpoint(
         "checkpoint_fingerprint": checkpoint_fingerprint(saved),
         "identity_fingerprint": (saved.get("identity") or {}).get("fingerprint"),
         "data_fingerprint": data_set.data_fingerprint, "ground_truth": ground_truth,
-        "mirror_average": mirror_average, "by_depth": by_depth.compute(),
+        "mirror_average": mirror_average, "by_depth": by_depth.compute(), "truth": truth,
     }
+    if truth == "dense":
+        result["holes"] = holes.compute()
     out = Path(out_dir) if out_dir is not None else path.parent / f"{EVALUATION_PREFIX}{split}"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / METRICS_FILE, result)
@@ -218,9 +235,12 @@ def format_table(result: Dict[str, Any]) -> str:
     lines = [f"{result['model_name']} on {result['dataset']} {result['split']}: "
              f"{result['n_images']} images scored, {result['n_skipped']} skipped (no valid pixel); "
              f"valid pixels: {result['protocol']['valid_pixels']} (per_image.csv); ground truth "
-             f"of the {result['ground_truth']} recipe"
+             f"of the {result['ground_truth']} recipe ({result['truth']} depth)"
              + ("; mirror-averaged predictions" if result["mirror_average"] else ""),
              format_protocol_table(result["protocols"]),
+             *([f"inside the sensor's holes: {result['holes']['n_images']} images, rmse "
+                f"{result['holes']['rmse']:.4f} m, mae {result['holes']['mae']:.4f} m"]
+               if result.get("holes") and result["holes"]["n_images"] else []),
              "by ground-truth depth (pixels pooled): range m, share, bias, mae, abs_rel, rmse"]
     formats = {"share": "10.3f", "bias": "+10.3f", "mae": "10.3f", "abs_rel": "10.3f",
                "rmse": "10.3f"}
@@ -240,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         result = evaluate_checkpoint(
             args.checkpoint, args.split, args.dataset, args.data_root, args.out, args.batch_size,
             args.num_workers, args.device, args.valid_threshold, args.ground_truth,
-            args.mirror_average, args.depth_ranges)
+            args.mirror_average, args.depth_ranges, args.truth)
     print(format_table(result))
     print(f"wrote {result['out_dir']}/metrics.json and per_image.csv")
 

@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 from datasets.cache import SCALED_UINT8, SampleCache, StoredForm, open_or_build
 from datasets.errors import DataError
 from datasets.recipes import AUDIO_MODES, SAMPLE_RATE, Recipe, get_recipe, rgb_tensor
-from datasets.sample import AUDIO, DEPTH, META, RGB, VALID, Sample
+from datasets.sample import (AUDIO, DEPTH, META, RGB, SENSOR_VALID, TRUTHS, VALID, Sample,
+                             dense_depth_path)
 
 PathLike = Union[str, "os.PathLike[str]"]
 SplitCsv = Tuple[Path, bytes]   # a split CSV and its bytes, as read
@@ -319,9 +320,12 @@ class _BatvisionDataset(Dataset):
                  image_size: int = 256, audio: str = "spectrogram", use_rgb: bool = False,
                  recipe: str = "default", locations: Optional[Iterable[str]] = None,
                  cache_dir: Optional[PathLike] = None,
-                 ground_truth: Optional[str] = None) -> None:
+                 ground_truth: Optional[str] = None, truth: str = "sensor") -> None:
         if audio not in AUDIO_MODES:
             raise ValueError(f"unknown audio mode {audio!r}; expected one of {AUDIO_MODES}")
+        if truth not in TRUTHS:
+            raise ValueError(f"unknown truth {truth!r}; expected one of {TRUTHS}")
+        self.truth = truth
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.root = Path(os.path.abspath(root))
@@ -344,6 +348,11 @@ class _BatvisionDataset(Dataset):
         if not self.records:
             raise DataError(self.root, f"split {split!r} has no samples")
         self.locations = sorted({r.location for r in self.records})
+        if truth == "dense" and not dense_depth_path(self.records[0].depth_path).is_file():
+            raise DataError(dense_depth_path(self.records[0].depth_path),
+                            "no complete depth beside the sensor's depth map: dense truth exists "
+                            "only in simulated worlds (real recordings have holes and nothing "
+                            "behind them); score against the sensor's depth instead")
         self._cache: Optional[SampleCache] = None
         if cache_dir is not None:
             params = {
@@ -354,6 +363,8 @@ class _BatvisionDataset(Dataset):
             }
             if self.ground_truth != self.recipe:   # earlier caches keep their keys
                 params["ground_truth"] = self.ground_truth.params()
+            if truth != "sensor":
+                params["truth"] = truth
             self._cache = open_or_build(
                 cache_dir, f"{self.format}-{split}", params, len(self.records), self.load_sample,
                 forms=cache_forms(audio, self.recipe))
@@ -379,6 +390,8 @@ class _BatvisionDataset(Dataset):
             digest.update(raw)
         for record in self.records:
             paths = record.audio_paths + (record.depth_path,)
+            if self.truth == "dense":
+                paths += (dense_depth_path(record.depth_path),)
             if record.camera_path is not None:
                 paths += (record.camera_path,)
             for path in paths:
@@ -411,12 +424,19 @@ class _BatvisionDataset(Dataset):
                            self.format)
         depth, valid = self.ground_truth.depth(
             read_depth_mm(record.depth_path), self.image_size, self.max_depth)
+        sensor_valid = valid
+        if self.truth == "dense":
+            depth, valid = self.ground_truth.depth(
+                read_depth_mm(dense_depth_path(record.depth_path)), self.image_size,
+                self.max_depth)
         sample: Sample = {
             AUDIO: self.recipe.audio(waveform, self.audio, self.image_size, self.max_depth,
                                      self.format),
             DEPTH: depth,
             VALID: valid,
         }
+        if self.truth == "dense":
+            sample[SENSOR_VALID] = sensor_valid
         if self.use_rgb:
             sample[RGB] = rgb_tensor(read_camera(record.camera_path), self.image_size)
         sample[META] = self._meta(record)
@@ -453,6 +473,9 @@ class BatvisionV2Dataset(_BatvisionDataset):
         ground_truth: the recipe whose depth rule makes ``depth`` and ``valid`` (``None``:
             ``recipe``). Models trained on different recipes are compared on one ground truth:
             the official recipe blends holes into their neighbours and counts +inf as valid.
+        truth: ``sensor`` (the depth maps the CSVs name) or ``dense`` (a simulated world's
+            complete depth beside each of them, ``datasets.sample.dense_depth_path``; the
+            sample then also holds ``sensor_valid``). DataError where there is none.
 
     Audio must hold at least ``max(n_fft // 2 + 1, cut)`` samples, else DataError: a shorter
     recording would be stretched over the same grid as full-length ones.
@@ -500,8 +523,8 @@ class BatvisionV1Dataset(_BatvisionDataset):
         root: folder with the split CSVs (paths in them are relative to it).
         split: ``train``, ``val`` or ``test``.
         max_depth: metres (default 12.0).
-        image_size, audio, recipe, cache_dir, ground_truth: as ``BatvisionV2Dataset``, and the
-            same rule on audio length.
+        image_size, audio, recipe, cache_dir, ground_truth, truth: as ``BatvisionV2Dataset``,
+            and the same rule on audio length.
         use_rgb: also return the ``camera path left`` image; DataError if the CSV lacks it.
         locations: location names to keep (default all); an unknown name raises DataError.
     """

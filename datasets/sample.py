@@ -16,9 +16,17 @@ these keys:
 ``meta``
     dict of strings/ints: ``location``, ``index``, ``audio_path`` (V2) or
     ``audio_path_left``/``audio_path_right`` (V1), ``depth_path``, ``camera_path`` ("" if none).
+``sensor_valid``
+    bool tensor ``(1, S, S)``, present only when a reader scores against the dense truth
+    (``truth="dense"``): where the sensor's depth map is valid, so the errors inside its holes
+    (``valid & ~sensor_valid``) can be told apart.
+
+Dense truth: a simulated world knows the complete ray-cast depth and writes it beside the
+sensor's (:func:`dense_depth_path`); real recordings have no such file.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, TypedDict
 
 import torch
@@ -28,6 +36,11 @@ DEPTH = "depth"
 VALID = "valid"
 RGB = "rgb"
 META = "meta"
+SENSOR_VALID = "sensor_valid"
+# What a reader scores against: the sensor's depth maps (with their holes, what every real
+# dataset has) or the complete depth a simulated world also writes.
+TRUTHS = ("sensor", "dense")
+DENSE_DEPTH_FOLDER = "depth_dense"
 # A dataset's splits, each one CSV per location (V2) or per dataset (V1).
 SPLITS = ("train", "val", "test")
 
@@ -38,3 +51,12 @@ class Sample(TypedDict, total=False):
     valid: torch.Tensor
     rgb: torch.Tensor
     meta: Dict[str, Any]
+    sensor_valid: torch.Tensor
+
+
+def dense_depth_path(depth_path: Path) -> Path:
+    """Where a simulated world keeps the complete depth of the sensor depth map ``depth_path``:
+    the same file name in the ``depth_dense`` folder beside the depth map's folder (V2
+    ``<location>/depth/depth_7.npy`` → ``<location>/depth_dense/depth_7.npy``), in the same
+    encoding, without holes."""
+    return depth_path.parent.parent / DENSE_DEPTH_FOLDER / depth_path.name

@@ -149,6 +149,36 @@ def test_evaluate_uses_the_runs_valid_threshold_and_records_what_it_scored(
 
 
 @pytest.mark.slow
+def test_evaluate_on_the_dense_truth_scores_the_holes_too(
+        runs: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = runs["binaural_attention"]
+    for truth in ("sensor", "dense"):
+        evaluate.main(["--checkpoint", str(run), "--out", str(tmp_path / truth),
+                       "--num_workers", "0", "--truth", truth])
+    sensor, dense = (json.loads((tmp_path / t / "metrics.json").read_text())
+                     for t in ("sensor", "dense"))
+    assert (sensor["truth"], dense["truth"]) == ("sensor", "dense") and "holes" not in sensor
+    assert dense["data_fingerprint"] != sensor["data_fingerprint"]
+    assert dense["rmse"] != sensor["rmse"]
+    holes = dense["holes"]
+    assert holes["n_images"] >= 1 and holes["rmse"] > 0
+    assert "inside the sensor's holes" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_dense_truth_of_real_data_stops_in_one_line(
+        runs: Dict[str, Path], tmp_path: Path, write_v2_tree: Any) -> None:
+    real = write_v2_tree(tmp_path / "real", depth_shape=(32, 32))
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--checkpoint", str(runs["binaural_attention"]), "--out",
+                       str(tmp_path / "e"), "--num_workers", "0", "--truth", "dense",
+                       "--dataset", "batvisionv2", "--data_root", str(real)])
+    message = str(error.value.code)
+    assert message.startswith("error: ") and "\n" not in message and "depth_dense" in message
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
 def test_evaluate_and_predict_refuse_non_finite_weights(
         runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
     saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)

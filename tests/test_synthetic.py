@@ -188,9 +188,44 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(tmp_path):
     generate_world(tmp_path / "c", WorldConfig(format="v2", **{**TINY, "seed": 1}), workers=1,
                    progress=False)
     reference = hash_tree(tmp_path / "a")
-    assert len(reference) == 3 * (3 + 3 * 3)  # per location: 3 CSVs + 3 samples x (wav, npy, jpeg)
+    # Per location: 3 CSVs + 3 samples x (wav, depth npy, jpeg, complete depth npy).
+    assert len(reference) == 3 * (3 + 3 * 4)
     assert hash_tree(tmp_path / "b") == reference
     assert hash_tree(tmp_path / "c") != reference
+
+
+@pytest.mark.parametrize("fmt", ["v2", "v1"])
+def test_the_complete_depth_is_the_sensor_map_without_its_holes(tmp_path, fmt):
+    root = tmp_path / fmt
+    generate_world(root, WorldConfig(format=fmt, **TINY), workers=1, progress=False)
+    sensor_maps = sorted(root.glob("*/depth/*.npy"))
+    assert len(sensor_maps) == 9
+    for sensor_path in sensor_maps:
+        sensor = np.load(sensor_path)
+        complete = np.load(sensor_path.parent.parent / "depth_dense" / sensor_path.name)
+        assert complete.dtype == sensor.dtype and complete.shape == sensor.shape
+        seen = sensor > 0  # NaN (V1's holes) compares False
+        assert np.all(complete > 0), "every ray hits a surface: no hole in the complete depth"
+        np.testing.assert_array_equal(complete[seen], sensor[seen])
+
+
+def test_a_world_made_before_complete_depth_gets_it_added_and_keeps_its_files(tmp_path):
+    config = WorldConfig(format="v2", **TINY)
+    data = ensure_synthetic_world(tmp_path, config, workers=1, progress=False)
+    generated = hash_tree(data)
+    for folder in data.glob("*/depth_dense"):
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    manifest = json.loads((tmp_path / "v2.world.json").read_text())
+    del manifest["complete_depth"]
+    (tmp_path / "v2.world.json").write_text(json.dumps(manifest))
+    times = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+    assert ensure_synthetic_world(tmp_path, config, workers=1, progress=False) == data
+    assert hash_tree(data) == generated
+    # The sensor's files are untouched (a run's data fingerprint reads their times).
+    assert {p: p.stat().st_mtime_ns for p in times} == times
+    assert json.loads((tmp_path / "v2.world.json").read_text())["complete_depth"] is True
 
 
 def test_generate_refuses_a_non_empty_folder(tmp_path):

@@ -35,6 +35,31 @@ def test_synthetic_v1_world_loads_with_real_reader(tmp_path):
     assert sample["depth"].max() <= 12.0 and sample["valid"].any()
 
 
+@pytest.mark.parametrize("fmt", ["v2", "v1"])
+def test_dense_truth_reads_the_complete_depth_and_keeps_the_sensors_holes(tmp_path, fmt):
+    config = WorldConfig(format=fmt, locations=1, samples=6, seed=3, height=32, width=32)
+    root = ensure_synthetic_world(tmp_path / "world", config, workers=1, progress=False)
+    reader = BatvisionV2Dataset if fmt == "v2" else BatvisionV1Dataset
+    sensor = reader(root, "train", image_size=32, audio="waveform")
+    dense = reader(root, "train", image_size=32, audio="waveform", truth="dense")
+    assert dense.data_fingerprint != sensor.data_fingerprint
+    for i in range(len(sensor)):
+        seen, complete = sensor[i], dense[i]
+        assert "sensor_valid" not in seen
+        assert torch.equal(complete["sensor_valid"], seen["valid"])
+        assert complete["valid"].all(), "the complete depth has no hole"
+        assert torch.equal(complete["depth"][seen["valid"]], seen["depth"][seen["valid"]])
+        assert torch.equal(complete["audio"], seen["audio"])
+
+
+def test_dense_truth_on_data_without_it_stops_naming_the_missing_file(tmp_path, write_v2_tree):
+    root = write_v2_tree(tmp_path / "real")
+    with pytest.raises(DataError) as error:
+        BatvisionV2Dataset(root, "test", image_size=8, truth="dense")
+    message = str(error.value)
+    assert "\n" not in message and "depth_dense" in message and "simulated worlds" in message
+
+
 def _listing(root: Path) -> List[Tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
 

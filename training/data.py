@@ -74,7 +74,7 @@ def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
 
 
 def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: bool,
-                  ground_truth: Optional[str] = None) -> Dataset:
+                  ground_truth: Optional[str] = None, truth: str = "sensor") -> Dataset:
     """The reader for ``--dataset`` on ``split`` with the data flags of ``args``.
 
     Args:
@@ -84,12 +84,13 @@ def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: boo
         split: ``train``, ``val`` or ``test``.
         use_rgb: load the camera image (the RGB model; DataError where a V1 CSV has no camera).
         ground_truth: recipe whose depth rule makes the ground truth (``None``: ``args.recipe``).
+        truth: ``sensor`` depth maps or a simulated world's ``dense`` (complete) depth.
     """
     return READERS[args.dataset](
         root=root, split=split, max_depth=args.max_depth, image_size=args.image_size,
         audio=getattr(args, "audio_format", "spectrogram"), use_rgb=use_rgb, recipe=args.recipe,
         locations=args.locations.split(",") if args.locations else None,
-        cache_dir=args.cache_dir or None, ground_truth=ground_truth,
+        cache_dir=args.cache_dir or None, ground_truth=ground_truth, truth=truth,
     )
 
 

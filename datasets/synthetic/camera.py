@@ -2,7 +2,8 @@
 
 The camera sits at the rig centre and looks along the heading (no pitch, no roll). Depth is
 z-depth (distance along the optical axis), as stereo and structured-light cameras report it.
-Holes are pixels a real depth camera loses: beyond its range, and random dropout blobs.
+Holes are pixels a real depth camera loses: beyond its range, and random dropout blobs. The
+complete depth (every pixel's ray cast, no hole) is what the sensor's map would be without them.
 """
 from __future__ import annotations
 
@@ -90,8 +91,9 @@ class DepthCamera:
         shape = (self.height, self.width)
         return depth.reshape(shape), surface.reshape(shape), normal.reshape(shape + (3,))
 
-    def render(self, scene: Scene, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-        """Depth map with holes and the RGB image of the same view.
+    def render(self, scene: Scene, rng: np.random.Generator
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Depth map with holes, the complete depth and the RGB image of the same view.
 
         Args:
             scene: room, obstacles and rig pose.
@@ -99,6 +101,7 @@ class DepthCamera:
 
         Returns:
             depth_mm: (H, W) float32 z-depth in millimetres, 0 = hole.
+            complete_mm: (H, W) float32 z-depth in millimetres of every pixel (no hole).
             rgb: (H, W, 3) uint8 image.
         """
         depth, surface, normal = self.raycast(scene)
@@ -110,8 +113,12 @@ class DepthCamera:
         rgb = np.clip(np.round(255 * scene.albedo[surface] * light[..., None]), 0, 255).astype(np.uint8)
 
         holes = (depth > self.max_range_m) | self._dropout_mask(rng)
-        depth_mm = np.where(holes, 0.0, depth * 1000.0).astype(np.float32)
-        return depth_mm, rgb
+        complete_mm = _millimetres(depth)
+        return np.where(holes, np.float32(0.0), complete_mm), complete_mm, rgb
+
+    def complete_depth_mm(self, scene: Scene) -> np.ndarray:
+        """(H, W) float32 z-depth in millimetres of every pixel, as :meth:`render` returns it."""
+        return _millimetres(self.raycast(scene)[0])
 
     def _dropout_mask(self, rng: np.random.Generator) -> np.ndarray:
         """(H, W) bool blobs covering a random share (``DROPOUT_FRACTION``) of the image."""
@@ -120,6 +127,10 @@ class DepthCamera:
         field = zoom(coarse, (self.height / coarse.shape[0], self.width / coarse.shape[1]), order=1)
         fraction = rng.uniform(*DROPOUT_FRACTION)
         return field > np.quantile(field, 1 - fraction)
+
+
+def _millimetres(depth_m: np.ndarray) -> np.ndarray:
+    return (depth_m * 1000.0).astype(np.float32)
 
 
 def _ray_boxes(origin: np.ndarray, dirs: np.ndarray, boxes: Tuple[Box, ...]

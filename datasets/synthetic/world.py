@@ -45,6 +45,9 @@ from .writer import Recording, V1Writer, V2Writer
 
 # Bump when a change to the generator changes its output, so stale worlds are regenerated.
 WORLD_VERSION = 1
+# Manifest key: the world holds every sample's complete depth (worlds generated before it existed
+# get it added, see add_complete_depth, without a new version: their other files are unchanged).
+COMPLETE_DEPTH = "complete_depth"
 FORMATS = ("v1", "v2")
 # Depth camera range (m): V1's stereo camera is read up to 12 m, V2's up to 30 m but the rooms
 # here rarely exceed 15 m, so 15 m still leaves far corridor ends as holes.
@@ -161,7 +164,8 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
         "locations": [location_name(loc) for loc in range(config.locations)],
         "splits": {split: sum(s.split == split for s in plan) for split in SPLITS},
     }
-    _write_manifest(out, {"version": WORLD_VERSION, "config": config.to_dict(), "stats": stats})
+    _write_manifest(out, {"version": WORLD_VERSION, "config": config.to_dict(), "stats": stats,
+                          COMPLETE_DEPTH: True})
     return stats
 
 
@@ -187,6 +191,10 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
     holder = Path(root)
     data = holder / config.format
     if data.is_dir() and _manifest_matches(manifest_path(data), config):
+        manifest = _read_manifest(manifest_path(data))
+        if not manifest.get(COMPLETE_DEPTH):
+            add_complete_depth(data, config, progress=progress)
+            _write_manifest(data, {**manifest, COMPLETE_DEPTH: True})
         return data
     if holder.exists():
         if not holder.is_dir():
@@ -202,6 +210,26 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
         shutil.rmtree(data)  # stale or incomplete, and ours: its manifest says so
     generate_world(data, config, workers=workers, progress=progress)
     return data
+
+
+def add_complete_depth(out_dir: "str | os.PathLike[str]", config: WorldConfig,
+                       progress: bool = True) -> None:
+    """Write the complete depth of every sample of a world generated before worlds carried it.
+
+    Only the camera's ray cast of each sample's scene is redone (no acoustics, a few seconds):
+    the scene is a pure function of ``(seed, location, sample)``, so it is the one the sensor
+    saw. The sensor's files are not touched, so runs trained on them stay valid.
+    """
+    out = Path(out_dir)
+    writer = V2Writer(out) if config.format == "v2" else V1Writer(out)
+    camera = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
+                         max_range_m=config.camera_range_m)
+    plan = [s for loc in range(config.locations) for s in _plan_location(config, loc)]
+    for planned in tqdm(plan, disable=not progress, desc="complete depth", unit="sample"):
+        scene = sample_scene(_location_style(config, planned.location),
+                             _rng(config, planned.location, 1, planned.sample))
+        writer.add_complete_depth(location_name(planned.location), planned.index, planned.time,
+                                  camera.complete_depth_mm(scene))
 
 
 def manifest_path(out_dir: "str | os.PathLike[str]") -> Path:
@@ -298,9 +326,10 @@ def _simulate(planned: _PlannedSample) -> Recording:
     assert _CONFIG is not None and _SIMULATOR is not None and _CAMERA is not None
     rng = _rng(_CONFIG, planned.location, 1, planned.sample)
     scene = sample_scene(_location_style(_CONFIG, planned.location), rng)
-    depth_mm, rgb = _CAMERA.render(scene, rng)
+    depth_mm, complete_mm, rgb = _CAMERA.render(scene, rng)
     audio = _SIMULATOR.record(scene, rng)
-    return Recording(audio=audio, depth_mm=depth_mm, rgb=rgb, time=planned.time)
+    return Recording(audio=audio, depth_mm=depth_mm, rgb=rgb, time=planned.time,
+                     complete_depth_mm=complete_mm)
 
 
 def _simulate_all(config: WorldConfig, plan: Sequence[_PlannedSample],

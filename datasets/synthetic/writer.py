@@ -9,6 +9,7 @@ V2 (one folder per location, root holds only location folders)::
     <root>/<Location>/audio/audio_<i>.wav      PCM int32, 2 ch, 44.1 kHz, 24-bit data (low byte 0)
     <root>/<Location>/depth/depth_<i>.npy      uint16 (H, W), millimetres, 0 = invalid
     <root>/<Location>/camera/camera_<i>.jpeg   RGB JPEG, same size as depth
+    <root>/<Location>/depth_dense/depth_<i>.npy   simulated worlds only: the complete depth
 
 V1 (one root, CSVs at the top, paths relative to the root)::
 
@@ -17,6 +18,10 @@ V1 (one root, CSVs at the top, paths relative to the root)::
     <root>/<Location>/audio/<stamp>_left.npy, <stamp>_right.npy   float32 (T,)
     <root>/<Location>/depth/<stamp>.npy                           float32 (H, W) mm, NaN holes
     <root>/<Location>/camera/<stamp>_left.jpeg                    RGB JPEG
+    <root>/<Location>/depth_dense/<stamp>.npy                     simulated worlds only
+
+A recording that carries its complete depth (a simulated one) gets it written beside the sensor
+map (``datasets.sample.dense_depth_path``), in the sensor map's encoding, without holes.
 """
 from __future__ import annotations
 
@@ -24,13 +29,13 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 from scipy.io import wavfile
 
-from datasets.sample import SPLITS
+from datasets.sample import SPLITS, dense_depth_path
 
 SAMPLE_RATE = 44_100
 V2_WAV_FRAMES = 20_000
@@ -51,12 +56,15 @@ class Recording:
         depth_mm: (H, W) float depth in millimetres; 0 or NaN marks an invalid pixel.
         rgb: (H, W, 3) uint8 image of the same view.
         time: capture time in UNIX seconds.
+        complete_depth_mm: (H, W) float depth in millimetres of every pixel, or None (what a
+            real recording has: no such thing).
     """
 
     audio: np.ndarray
     depth_mm: np.ndarray
     rgb: np.ndarray
     time: float
+    complete_depth_mm: Optional[np.ndarray] = None
 
 
 def audio_to_int32(audio: np.ndarray) -> np.ndarray:
@@ -72,6 +80,37 @@ def write_wav_int32(path: Path, audio: np.ndarray) -> None:
 
 def write_jpeg(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb, mode="RGB").save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def v2_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """V2's depth encoding: uint16 millimetres, 0 = invalid (NaN and inf too)."""
+    depth = np.nan_to_num(depth_mm, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(np.round(depth), 0, 65535).astype(np.uint16)
+
+
+def v1_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """V1's depth encoding: float32 millimetres, NaN = invalid."""
+    depth = depth_mm.astype(np.float32)
+    return np.where(depth > 0, depth, np.float32(np.nan))
+
+
+def write_depth(path: Path, depth_mm: np.ndarray, encode: Callable[[np.ndarray], np.ndarray],
+                atomic: bool = False) -> None:
+    """Save ``encode(depth_mm)`` as ``.npy`` at ``path`` (its folder created); ``atomic``: through
+    a temporary file, so no reader ever sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not atomic:
+        np.save(path, encode(depth_mm))
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, encode(depth_mm))
+    os.replace(tmp, path)
+
+
+def _v1_stamp(index: int, time: float) -> str:
+    """The file-name stem of a V1 sample: capture time and index."""
+    return f"{time:.6f}".replace(".", "_") + f"_{index}"
 
 
 def _write_csv(path: Path, columns: Tuple[str, ...], rows: List[Dict[str, object]]) -> None:
@@ -105,11 +144,12 @@ class V2Writer:
         loc = self.root / location
         for sub in ("audio", "depth", "camera"):
             (loc / sub).mkdir(parents=True, exist_ok=True)
-        audio_name, depth_name, camera_name = (
-            f"audio_{index}.wav", f"depth_{index}.npy", f"camera_{index}.jpeg")
+        audio_name, camera_name = f"audio_{index}.wav", f"camera_{index}.jpeg"
+        depth_path = self.depth_path(location, index, rec.time)
         write_wav_int32(loc / "audio" / audio_name, rec.audio)
-        depth = np.nan_to_num(rec.depth_mm, nan=0.0, posinf=0.0, neginf=0.0)
-        np.save(loc / "depth" / depth_name, np.clip(np.round(depth), 0, 65535).astype(np.uint16))
+        write_depth(depth_path, rec.depth_mm, v2_depth)
+        if rec.complete_depth_mm is not None:
+            write_depth(dense_depth_path(depth_path), rec.complete_depth_mm, v2_depth)
         write_jpeg(loc / "camera" / camera_name, rec.rgb)
         t = float(rec.time)
         self._rows.setdefault((location, split), []).append({
@@ -117,8 +157,20 @@ class V2Writer:
             "audio path": f"{location}/audio/", "audio file name": audio_name,
             "camera time": t + 0.004, "camera path": f"{location}/camera/",
             "camera file name": camera_name,
-            "depth time": t + 0.004, "depth path": f"{location}/depth/", "depth file name": depth_name,
+            "depth time": t + 0.004, "depth path": f"{location}/depth/",
+            "depth file name": depth_path.name,
         })
+
+    def depth_path(self, location: str, index: int, time: float) -> Path:
+        """The sensor depth map file of a sample (``time`` is not part of a V2 name)."""
+        return self.root / location / "depth" / f"depth_{index}.npy"
+
+    def add_complete_depth(self, location: str, index: int, time: float,
+                           complete_mm: np.ndarray) -> None:
+        """Write the complete depth of a sample written earlier, atomically (a world made before
+        dense truth existed gets it added; two processes adding it write the same bytes)."""
+        write_depth(dense_depth_path(self.depth_path(location, index, time)), complete_mm,
+                    v2_depth, atomic=True)
 
     def close(self) -> None:
         """Write every location's three split CSVs (empty ones included, as the loader needs all)."""
@@ -143,19 +195,31 @@ class V1Writer:
         loc = self.root / location
         for sub in ("audio", "depth", "camera"):
             (loc / sub).mkdir(parents=True, exist_ok=True)
-        stamp = f"{rec.time:.6f}".replace(".", "_") + f"_{index}"
+        stamp = _v1_stamp(index, rec.time)
         left, right = (f"{location}/audio/{stamp}_{ear}.npy" for ear in ("left", "right"))
-        depth_rel, camera_rel = f"{location}/depth/{stamp}.npy", f"{location}/camera/{stamp}_left.jpeg"
+        depth_path = self.depth_path(location, index, rec.time)
+        depth_rel = depth_path.relative_to(self.root).as_posix()
+        camera_rel = f"{location}/camera/{stamp}_left.jpeg"
         np.save(self.root / left, rec.audio[0].astype(np.float32))
         np.save(self.root / right, rec.audio[1].astype(np.float32))
-        depth = rec.depth_mm.astype(np.float32).copy()
-        depth[depth <= 0] = np.nan
-        np.save(self.root / depth_rel, depth)
+        write_depth(depth_path, rec.depth_mm, v1_depth)
+        if rec.complete_depth_mm is not None:
+            write_depth(dense_depth_path(depth_path), rec.complete_depth_mm, v1_depth)
         write_jpeg(self.root / camera_rel, rec.rgb)
         self._rows[split].append({
             "time": float(rec.time), "camera path left": camera_rel, "depth path": depth_rel,
             "audio path left": left, "audio path right": right,
         })
+
+    def depth_path(self, location: str, index: int, time: float) -> Path:
+        """The sensor depth map file of a sample."""
+        return self.root / location / "depth" / f"{_v1_stamp(index, time)}.npy"
+
+    def add_complete_depth(self, location: str, index: int, time: float,
+                           complete_mm: np.ndarray) -> None:
+        """As :meth:`V2Writer.add_complete_depth`."""
+        write_depth(dense_depth_path(self.depth_path(location, index, time)), complete_mm,
+                    v1_depth, atomic=True)
 
     def close(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
