@@ -598,7 +598,19 @@ def test_labels_goal_lines_on_hand_made_numbers() -> None:
                                "larger seed std: not met (0.700 vs 0.800 m, 12.5% below")
     assert lines[4] == ("- kd_rich_f0: within 1.25 x the fully labelled audio-only student: not "
                         "met (0.780 vs 0.600 m, ratio 1.300).")
-    assert lines[5].endswith("not measured; the world does not yet write its complete depth.")
+    # Without dense scoring there is no hole line (the prior line closes the list, if any).
+    assert not any("holes" in line for line in lines)
+    dense = {"audio_only_f0.1": (1.50, 0.05), "kd_strict_f0.1": (1.20, 0.02),
+             "kd_rich_f0.1": (1.45, 0.04)}
+    for entry in summary:
+        if entry["experiment"] in dense:
+            entry["rmse_holes"], entry["rmse_holes_std"] = dense[entry["experiment"]]
+    holes = [line for line in goal_lines(summary, "labels") if "holes" in line]
+    assert holes == [
+        "- Inside the sensor's holes (dense truth), kd_strict_f0.1 beats audio_only_f0.1: met "
+        "(1.200 vs 1.500 m; gain 0.300 vs bar 0.100 m).",
+        "- Inside the sensor's holes (dense truth), kd_rich_f0.1 beats audio_only_f0.1: not met "
+        "(1.450 vs 1.500 m; gain 0.050 vs bar 0.100 m)."]
 
 
 def test_the_fraction_plot_draws_one_line_per_family() -> None:
@@ -623,6 +635,12 @@ def test_a_tiny_labels_preset_runs_end_to_end(tmp_path: Path,
     table = (out / "results.md").read_text()
     assert "- KD from the strict teacher, 10% labelled: >= 20% below" in table
     assert "- KD from the teacher-rich teacher, no depth label: within 1.25 x" in table
+    assert "- Inside the sensor's holes (dense truth), KD from the strict teacher" in table
+    assert "| rmse (dense truth, inside the sensor's holes) |" in table
+    with open(out / "results.csv") as f:
+        rows = {row["experiment"]: row for row in csv.DictReader(f)}
+    assert float(rows["kd_rich_f0"]["rmse_holes"]) > 0
+    assert rows["location_mean_depth_map"]["rmse_dense"] == ""
     assert (out / "rmse_by_fraction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

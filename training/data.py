@@ -168,19 +168,21 @@ def input_storage(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             "forms": {key: form.name for key, form in sorted(forms.items())}}
 
 
-def split_fingerprint(args: argparse.Namespace, root: Path, split: str) -> str:
+def split_fingerprint(args: argparse.Namespace, root: Path, split: str,
+                      truth: str = "sensor") -> str:
     """The ``data_fingerprint`` of one split as ``args`` would read it, without any cache.
 
     Args:
         args: parsed data flags with a resolved ``dataset`` (see :func:`resolve_data_root`).
         root: from :func:`resolve_data_root`.
         split: ``train``, ``val`` or ``test``.
+        truth: ``sensor`` depth maps or a simulated world's ``dense`` depth.
 
     Raises:
         DataError: the split's CSVs cannot be read.
     """
     reader_args = argparse.Namespace(**{**vars(args), "cache_dir": None})
-    return build_dataset(reader_args, root, split, use_rgb=False).data_fingerprint
+    return build_dataset(reader_args, root, split, use_rgb=False, truth=truth).data_fingerprint
 
 
 def resolve_data(args: argparse.Namespace, context: DistContext) -> tuple[Path, str]:

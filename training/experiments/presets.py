@@ -224,6 +224,8 @@ class Preset:
         feature_weight: ``--lambda_feat`` of the feature-KD rows.
         labelled_fraction: ``--labelled_fraction`` of every run (1: every training sample
             labelled; below 1 the teacher too learns from the labelled subset alone).
+        dense_truth: also score every run against the world's complete depth (holes
+            included; ``evaluate.py --truth dense``): what filling the sensor's holes is worth.
         flags: further flags of every run (operational ones: workers, pictures).
     """
 
@@ -244,6 +246,7 @@ class Preset:
     synthetic_seed: int = 0
     feature_weight: float = 0.05
     labelled_fraction: float = 1.0
+    dense_truth: bool = False
     flags: Tuple[str, ...] = ()
 
     def companion(self) -> "Preset":
@@ -290,7 +293,7 @@ PRESETS: Dict[str, Preset] = {
         description="synthetic world at 64x64, label-scarce distillation",
         dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_ROWS,
         goals="labels", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
-        student_epochs=8, max_depth=15.0, synthetic_size=64,
+        student_epochs=8, max_depth=15.0, synthetic_size=64, dense_truth=True,
         flags=("--num_workers", "0", "--num_val_images", "0")),
     # Real BatVision V2 on a GPU, the official training length.
     "full": Preset(

@@ -26,7 +26,8 @@ from training.experiments.presets import (
     REFERENCES, REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row, is_kd_row,
 )
 from training.experiments.scoring import (
-    METRIC_COLUMNS, TABLE_GROUND_TRUTH, VAL_RMSE, Row, metric_column, read_json,
+    DENSE_COLUMNS, DENSE_RMSE, HOLES_RMSE, METRIC_COLUMNS, TABLE_GROUND_TRUTH, VAL_RMSE, Row,
+    metric_column, read_json,
 )
 from training.metrics import METRIC_NAMES, OFFICIAL, PROTOCOLS, image_metrics
 from training.tracking import DEPTH_CMAP, HOLE_COLOUR, masked_depth, save_figure
@@ -78,12 +79,13 @@ def ratio_lines(student: Row, unet: Row) -> List[str]:
             f"{unet['train_seconds']:.0f} s, ratio {time_ratio:.2f})."]
 
 
-def gain_over(row: Row, control: Row) -> Tuple[float, Optional[float]]:
-    """``(gain, bar)``: how much lower ``row``'s mean test RMSE is than ``control``'s, and
-    :data:`SEED_SPREAD_GOAL` × the larger of their seed stds (``None`` with one seed)."""
-    stds = [row["rmse_std"], control["rmse_std"]]
+def gain_over(row: Row, control: Row, column: str = "rmse") -> Tuple[float, Optional[float]]:
+    """``(gain, bar)``: how much lower ``row``'s mean of ``column`` (test RMSE) is than
+    ``control``'s, and :data:`SEED_SPREAD_GOAL` × the larger of their seed stds (``None`` with
+    one seed)."""
+    stds = [row.get(f"{column}_std"), control.get(f"{column}_std")]
     bar = None if None in stds else SEED_SPREAD_GOAL * max(stds)
-    return control["rmse"] - row["rmse"], bar
+    return control[column] - row[column], bar
 
 
 def control_line(row: Row, controls: List[Row]) -> str:
@@ -177,9 +179,25 @@ def labels_goal_lines(by_name: Dict[str, Row]) -> List[str]:
         lines.append(f"- {no_label['label']}: within {NO_LABEL_RATIO_GOAL:.2f} x the fully "
                      f"labelled audio-only student: {_verdict(ratio <= NO_LABEL_RATIO_GOAL)} "
                      f"({no_label['rmse']:.3f} vs {full['rmse']:.3f} m, ratio {ratio:.3f}).")
-    lines.append("- Inside the ground truth's holes (dense truth): not measured; the world does "
-                 "not yet write its complete depth.")
+    for kd_name, audio_name in ((f"kd_strict_{tag}", f"audio_only_{tag}"),
+                                (f"kd_rich_{tag}", f"audio_only_{tag}"),
+                                ("kd_strict_f1", AUDIO_ONLY)):
+        lines += holes_lines(by_name.get(kd_name), by_name.get(audio_name))
     return lines
+
+
+def holes_lines(kd: Optional[Row], audio: Optional[Row]) -> List[str]:
+    """Whether a KD row beats its audio-only control inside the sensor's holes (dense truth; a
+    gain past :data:`SEED_SPREAD_GOAL` x the larger seed std), or nothing when either row or
+    the dense scoring is missing."""
+    if not kd or not audio or kd.get(HOLES_RMSE) is None or audio.get(HOLES_RMSE) is None:
+        return []
+    gain, bar = gain_over(kd, audio, HOLES_RMSE)
+    beats = bar is not None and gain > bar
+    return [f"- Inside the sensor's holes (dense truth), {kd['label']} beats {audio['label']}: "
+            f"{_verdict(beats)} ({kd[HOLES_RMSE]:.3f} vs {audio[HOLES_RMSE]:.3f} m; "
+            + ("one seed, no spread" if bar is None else f"gain {gain:.3f} vs bar {bar:.3f} m")
+            + ")."]
 
 
 def goal_lines(summary: List[Row], goals: str) -> List[str]:
@@ -207,8 +225,9 @@ def goal_lines(summary: List[Row], goals: str) -> List[str]:
 def write_csv(path: Path, rows: List[Row]) -> None:
     """``results.csv``: one line per run or reference row (rmse, mae in metres; every metric
     under each protocol, see :func:`metric_column`)."""
-    columns = ["experiment", "label", "seed", "scored", VAL_RMSE, *METRIC_COLUMNS, "n_images",
-               "params", "train_seconds", "run_dir"]
+    dense = [c for c in DENSE_COLUMNS if any(row.get(c) is not None for row in rows)]
+    columns = ["experiment", "label", "seed", "scored", VAL_RMSE, *METRIC_COLUMNS, *dense,
+               "n_images", "params", "train_seconds", "run_dir"]
     lines = [{k: ("" if row.get(k) is None else row[k]) for k in columns} for row in rows]
 
     def write(tmp: Path) -> None:
@@ -233,7 +252,13 @@ TABLE_COLUMNS += [metric_column(m, p) for p in PROTOCOLS if p != OFFICIAL
                   for m in ("rmse", "abs_rel", "delta1")]
 
 
+DENSE_TITLES = {DENSE_RMSE: "rmse (dense truth: every pixel, holes included)",
+                HOLES_RMSE: "rmse (dense truth, inside the sensor's holes)"}
+
+
 def _column_title(column: str) -> str:
+    if column in DENSE_TITLES:
+        return DENSE_TITLES[column]
     metric, _, protocol = column.partition("@")
     return metric if not protocol else f"{metric} ({PROTOCOLS[protocol].describe()})"
 
@@ -300,6 +325,8 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
     """
     protocols = "; ".join(f"`{name}`: {p.describe()}" for name, p in PROTOCOLS.items())
     labels = {e["experiment"]: e["label"] for e in summary}
+    columns = TABLE_COLUMNS + [c for c in DENSE_COLUMNS
+                               if any(e.get(c) is not None for e in summary)]
     common, own = settings
     trained = [e for e in summary if e["experiment"] not in REFERENCES]
     lines = [
@@ -322,9 +349,13 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         "images; metres; no median scaling; predictions floored at 1 mm inside log10 and delta "
         "only. rmse, mae in metres; abs_rel, log10 unitless; delta1 = share of pixels with "
         "max(gt/pred, pred/gt) < 1.25.", "",
+        *(["Dense truth (simulated worlds only): the same runs scored against the world's "
+           "complete depth (gt > 0), every pixel and the sensor's holes alone (`evaluate.py "
+           "--truth dense`); the reference rows are not scored there.", ""]
+          if len(columns) > len(TABLE_COLUMNS) else []),
         "| experiment | seeds | scored | val rmse | "
-        + " | ".join(map(_column_title, TABLE_COLUMNS)) + " | params | train s |",
-        "|" + "---|" * (6 + len(TABLE_COLUMNS)),
+        + " | ".join(map(_column_title, columns)) + " | params | train s |",
+        "|" + "---|" * (6 + len(columns)),
     ]
     for entry in summary:
         reference = entry["experiment"] in REFERENCES
@@ -332,7 +363,7 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         lines.append(
             f"| {entry['label']} | {'–' if reference else entry['n']} | "
             f"{'–' if reference else entry['scored']} | {_cell(entry, VAL_RMSE)} | "
-            + " | ".join(_cell(entry, c) for c in TABLE_COLUMNS)
+            + " | ".join(_cell(entry, c) for c in columns)
             + f" | {'–' if params is None else f'{params:,}'} | "
             + ("–" if reference else _cell(entry, "train_seconds", 0)) + " |")
     lines += ["", "## Goals", "", *goal_lines(summary, preset.goals), "",
@@ -401,19 +432,25 @@ def fraction_lines(summary: List[Row],
 
 
 def save_fraction_plot(path: Path, summary: List[Row], preset: Preset) -> None:
-    """Test RMSE (official protocol, metres) against label fraction, one line per row family,
-    the seed std shaded."""
-    figure = Figure(figsize=(7, 4.5))
-    ax = figure.subplots()
-    for name, points in fraction_lines(summary, preset).items():
-        x = np.array([fraction for fraction, _ in points])
-        y = np.array([entry["rmse"] for _, entry in points])
-        spread = np.array([entry["rmse_std"] or 0.0 for _, entry in points])
-        ax.plot(x, y, marker="o", label=name)
-        ax.fill_between(x, y - spread, y + spread, alpha=0.2)
-    ax.set_xlabel("share of training samples with a depth label")
-    ax.set_ylabel("test RMSE (m, gt > 0), lower is better")
-    ax.legend()
+    """Test RMSE (metres) against label fraction, one line per row family, the seed std shaded:
+    on the sensor's depth (official protocol) and, where the runs were scored there, on the dense
+    truth and inside the sensor's holes, one panel each."""
+    panels = [("rmse", "sensor depth (gt > 0)")] + [
+        (column, DENSE_TITLES[column].replace("rmse (", "").rstrip(")"))
+        for column in DENSE_COLUMNS if any(e.get(column) is not None for e in summary)]
+    figure = Figure(figsize=(6 * len(panels), 4.5))
+    for ax, (column, title) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for name, points in fraction_lines(summary, preset).items():
+            points = [(f, e) for f, e in points if e.get(column) is not None]
+            x = np.array([fraction for fraction, _ in points])
+            y = np.array([entry[column] for _, entry in points])
+            spread = np.array([entry.get(f"{column}_std") or 0.0 for _, entry in points])
+            ax.plot(x, y, marker="o", label=name)
+            ax.fill_between(x, y - spread, y + spread, alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("share of training samples with a depth label")
+        ax.set_ylabel("test RMSE (m), lower is better")
+        ax.legend()
     save_figure(figure, path)
 
 

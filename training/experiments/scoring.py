@@ -1,6 +1,8 @@
 """Scoring the table's rows: each trained run's test evaluation (reused while it still holds for
 the checkpoint and test split on disk), its costs, the two depth-prior reference rows, and the
-mean ± std over seeds.
+mean ± std over seeds. A preset with :attr:`Preset.dense_truth` also scores every run against
+the simulated world's complete depth (``evaluate.py --truth dense``): over every pixel, and
+inside the sensor's holes alone.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ from training.metrics import METRIC_NAMES, OFFICIAL, PROTOCOLS, MultiProtocolMet
 from training.tracking import progress
 
 # Where a run's test evaluation goes (``eval_*`` folders are what ``--overwrite`` clears with
-# the run).
+# the run); against the dense truth, the same name plus DENSE_SUFFIX.
 EVALUATION_DIRS = {BEST: "eval_test", LAST: "eval_test_last"}
+DENSE_SUFFIX = "_dense"
 EVALUATE_SCRIPT = "evaluate.py"
 # Every row is scored on the ground truth of one recipe, whatever recipe its model reads: the
 # official recipe's bilinear resize blends holes into valid depth and counts +inf as valid, so
@@ -37,10 +40,11 @@ TABLE_GROUND_TRUTH = "default"
 Row = Dict[str, Any]
 
 
-def run_test_fingerprint(run_args: Dict[str, Any]) -> str:
-    """``data_fingerprint`` of the test split a run's saved arguments read."""
+def run_test_fingerprint(run_args: Dict[str, Any], truth: str = "sensor") -> str:
+    """``data_fingerprint`` of the test split a run's saved arguments read, with ``truth``'s
+    depth."""
     args = argparse.Namespace(**run_args)
-    return split_fingerprint(args, resolve_data_root(args, DistContext()), "test")
+    return split_fingerprint(args, resolve_data_root(args, DistContext()), "test", truth)
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -52,15 +56,18 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return loaded if isinstance(loaded, dict) else None
 
 
-def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoint]:
+def evaluate_run(spec: RunSpec, setup: Setup,
+                 truth: str = "sensor") -> Tuple[Dict[str, Any], Checkpoint]:
     """Test metrics of the run's scored checkpoint (``evaluate.py``, on the ground truth of
     :data:`TABLE_GROUND_TRUTH`), reused while the recorded checkpoint and test-split fingerprints
-    match the files now on disk, the ground truth is that recipe's, the predictions were not
-    mirror-averaged and every protocol of :data:`training.metrics.PROTOCOLS` was scored.
+    match the files now on disk, the ground truth is that recipe's and ``truth``'s depth, the
+    predictions were not mirror-averaged and every protocol of
+    :data:`training.metrics.PROTOCOLS` was scored.
 
     Args:
         spec: the trained run.
         setup: launches ``evaluate.py`` (its device, threads and log).
+        truth: ``sensor`` depth maps or the world's ``dense`` (complete) depth.
 
     Returns:
         ``(metrics.json contents, the scored checkpoint)``.
@@ -71,11 +78,13 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
     checkpoint_path = spec.scored_checkpoint
     checkpoint = load_checkpoint(checkpoint_path)
     wanted = {"checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
-              "data_fingerprint": run_test_fingerprint(checkpoint["args"]),
+              "data_fingerprint": run_test_fingerprint(checkpoint["args"], truth),
               "ground_truth": TABLE_GROUND_TRUTH}
-    out = spec.run_dir / EVALUATION_DIRS[spec.experiment.scored]
+    suffix = DENSE_SUFFIX if truth == "dense" else ""
+    out = spec.run_dir / (EVALUATION_DIRS[spec.experiment.scored] + suffix)
     result = read_json(out / METRICS_FILE)
     if (result is not None and all(result.get(k) == v for k, v in wanted.items())
+            and result.get("truth", "sensor") == truth  # evaluations predating truth: sensor
             and not result.get("mirror_average")
             and set(PROTOCOLS) <= set(protocol_results(result))):
         print(f"[reuse] {out}: evaluation of this checkpoint on this test split and ground "
@@ -86,8 +95,8 @@ def evaluate_run(spec: RunSpec, setup: Setup) -> Tuple[Dict[str, Any], Checkpoin
         "--batch_size", str(4 * setup.preset.batch_size), "--num_workers", "0",
         # gt > 0 whatever threshold the run validated with: the table's primary protocol.
         "--device", setup.device, "--valid_threshold", "0", "--ground_truth", TABLE_GROUND_TRUTH,
-        *setup.thread_flags()],
-        setup.log(spec, "evaluate"))
+        "--truth", truth, *setup.thread_flags()],
+        setup.log(spec, "evaluate" + suffix))
     result = read_json(out / METRICS_FILE)
     if result is None:
         raise TrainingError(f"{out / METRICS_FILE}: {EVALUATE_SCRIPT} wrote no metrics")
@@ -116,6 +125,9 @@ def metric_column(metric: str, protocol: str) -> str:
 
 
 METRIC_COLUMNS = [metric_column(m, p) for p in PROTOCOLS for m in METRIC_NAMES]
+# Against the dense truth (gt > 0): every pixel, and the pixels of the sensor's holes alone.
+DENSE_RMSE, HOLES_RMSE = "rmse_dense", "rmse_holes"
+DENSE_COLUMNS = [DENSE_RMSE, HOLES_RMSE]
 # The scored checkpoint's validation RMSE: every choice among rows ("best KD") reads this column,
 # never a test one.
 VAL_RMSE = "val_rmse"
@@ -150,16 +162,21 @@ def score_run(spec: RunSpec, setup: Setup) -> Row:
     Returns:
         Experiment, label, seed, scored checkpoint, ``val_rmse`` (the scored checkpoint's
         validation RMSE, metres: what choices among rows read), every :data:`METRIC_COLUMNS`
-        cell, ``n_images``, ``params``, ``train_seconds`` and ``run_dir``.
+        cell, ``n_images``, ``params``, ``train_seconds`` and ``run_dir``; with the preset's
+        :attr:`Preset.dense_truth`, the :data:`DENSE_COLUMNS` too.
     """
     result, checkpoint = evaluate_run(spec, setup)
-    return {"experiment": spec.experiment.name, "label": spec.experiment.label,
-            "seed": spec.seed,
-            "scored": f"{spec.experiment.scored} (epoch {checkpoint['epoch']})",
-            "val_rmse": checkpoint["metrics"].get("rmse"),
-            **metric_cells(protocol_results(result)), "n_images": result.get("n_images"),
-            "params": parameter_count(checkpoint),
-            "train_seconds": round(training_seconds(spec.run_dir), 2), "run_dir": str(spec.run_dir)}
+    row = {"experiment": spec.experiment.name, "label": spec.experiment.label,
+           "seed": spec.seed,
+           "scored": f"{spec.experiment.scored} (epoch {checkpoint['epoch']})",
+           "val_rmse": checkpoint["metrics"].get("rmse"),
+           **metric_cells(protocol_results(result)), "n_images": result.get("n_images"),
+           "params": parameter_count(checkpoint),
+           "train_seconds": round(training_seconds(spec.run_dir), 2), "run_dir": str(spec.run_dir)}
+    if setup.preset.dense_truth:
+        dense, _ = evaluate_run(spec, setup, truth="dense")
+        row.update({DENSE_RMSE: dense.get("rmse"), HOLES_RMSE: dense["holes"].get("rmse")})
+    return row
 
 
 def depth_priors(train_set: Dataset,
@@ -231,7 +248,7 @@ def summarise(rows: List[Row], order: Sequence[str]) -> List[Row]:
             continue
         entry: Row = {"experiment": name, "label": runs[0]["label"], "n": len(runs),
                       "scored": runs[0].get("scored", ""), "params": runs[0].get("params")}
-        for column in [VAL_RMSE, *METRIC_COLUMNS, "train_seconds"]:
+        for column in [VAL_RMSE, *METRIC_COLUMNS, *DENSE_COLUMNS, "train_seconds"]:
             values = [row[column] for row in runs if row.get(column) is not None]
             entry[column] = statistics.fmean(values) if values else None
             entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
