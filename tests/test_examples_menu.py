@@ -39,7 +39,13 @@ def test_presets_say_what_they_promise() -> None:
     assert "--use_wandb" in dry_run_argv("2")
     assert dry_run_argv("3")[dry_run_argv("3").index("--base_channels") + 1] == "32"
     assert dry_run_argv("5")[2:] == ["--resume", "latest"]
-    assert "--smoothness_weight" in dry_run_argv("7")
+    label_scarce, teacher = dry_run_argv("7"), dry_run_argv("6")
+    assert label_scarce[label_scarce.index("--labelled_fraction") + 1] == "0.1"
+    # Ten times the epochs on a tenth of the samples: the fully labelled teacher's steps.
+    parsed = train_rgb_depth.build_parser().parse_args(teacher[2:])
+    assert label_scarce[label_scarce.index("--nb_epochs") + 1] == str(10 * parsed.nb_epochs)
+    warmup = float(label_scarce[label_scarce.index("--warmup_epochs") + 1])
+    assert warmup == 10 * parsed.warmup_epochs
     assert "synthetic" in dry_run_argv("8")
     with_data = dry_run_argv("1")
     assert with_data[with_data.index("--data_root") + 1] == "data/BatvisionV2"
