@@ -19,7 +19,10 @@ Presets (the rows, config files and sizes live in training/experiments/presets.p
                teacher (the same labelled samples) and KD from a teacher-rich teacher (RGB-depth
                of the companion world's other rooms), and F = 0 with the teacher-rich one; equal
                optimiser steps (a labelled-only run of share F trains 1/F the epochs); writes
-               rmse_by_fraction.png beside the table.
+               rmse_by_fraction.png beside the table; also scored against the world's complete
+               depth (every pixel, and inside the sensor's holes).
+  labels_benchmark  the labels goal rows (F = 0.1, F = 0, fully labelled audio-only) at the
+               benchmark size, 128x128 and 20 epochs (a GPU's work).
   full         real BatVision V2 on a GPU (configs/batvisionv2/*.yaml, 256x256, 80 epochs).
 
 Worlds: --synthetic_seed 0 and 1 are the development worlds (every choice is made there, on

@@ -584,6 +584,18 @@ def test_labels_rows_take_equal_steps_and_their_own_teachers(tmp_path: Path) -> 
     assert [e.name for e in chosen.experiments] == [presets.RICH_TEACHER, "kd_rich_f0"]
 
 
+def test_the_labels_benchmark_holds_the_goal_rows_with_their_teachers() -> None:
+    preset = presets.PRESETS["labels_benchmark"]
+    names = [e.name for e in preset.experiments]
+    assert {"audio_only_f0.1", "kd_strict_f0.1", "kd_rich_f0.1", AUDIO_ONLY, "kd_rich_f0"} <= set(
+        names)
+    for e in preset.experiments:
+        if e.kind == "kd":  # its teacher comes first, so it is trained before the student
+            assert names.index(e.teacher) < names.index(e.name)
+    assert (preset.image_size, preset.student_epochs, preset.dense_truth) == (128, 20, True)
+    assert preset.goals == "labels"
+
+
 def test_labels_goal_lines_on_hand_made_numbers() -> None:
     summary = [_entry(AUDIO_ONLY, 0.60, 0.01), _entry("audio_only_f0.1", 0.80, 0.02),
                _entry("kd_strict_f0.1", 0.62, 0.02), _entry("kd_rich_f0.1", 0.70, 0.05),
