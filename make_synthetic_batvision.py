@@ -5,9 +5,15 @@ Rooms of three families (small rooms, corridors, L/U-shaped halls, all with box 
 0.2 m apart with sensor noise, and a ray-cast depth camera with RGB on the same rig. Each location
 folder is one room family; ``--samples`` is the number of samples per location, split ~70/15/15 %
 into train/val/test. Same flags, same seed -> byte-identical files, whatever ``--workers``.
+``--rooms realistic`` adds furnished families (offices, classrooms, stairwell landings, cluttered
+labs) with surface materials and a robot's poses; ``--holes sensor`` puts the depth holes where a
+real depth camera loses pixels (far range, grazing incidence, specular and dark surfaces,
+occlusion edges, textureless areas).
 
 Example:
     python make_synthetic_batvision.py --format v2 --out data/synthetic_v2 --locations 3 --samples 400
+    python make_synthetic_batvision.py --out data/realistic_v2 --locations 7 --rooms realistic \
+        --holes sensor
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import shutil
 from pathlib import Path
 
 from datasets.synthetic.acoustics import EAR_PATTERNS
+from datasets.synthetic.camera import HOLE_MODELS
+from datasets.synthetic.scene import ROOM_SETS
 from datasets.synthetic.world import FORMATS, WorldConfig, generate_world, manifest_path
 
 
@@ -28,7 +36,7 @@ def parse_args() -> argparse.Namespace:
                         help="root of the tree to write (the reader's root); the manifest "
                              "OUT.world.json (config and stats) is written beside it")
     parser.add_argument("--locations", type=int, default=defaults.locations,
-                        help="location folders; room families cycle SmallRoom, Corridor, Hall")
+                        help="location folders; room families cycle through the --rooms set")
     parser.add_argument("--samples", type=int, default=defaults.samples,
                         help="samples per location (train+val+test, ~70/15/15 %%)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="master seed (>= 0)")
@@ -44,6 +52,15 @@ def parse_args() -> argparse.Namespace:
                         help="sensor noise, dB below the direct path's RMS")
     parser.add_argument("--max-range", type=float, default=None,
                         help="depth beyond this many metres is a hole (default: 12 for v1, 15 for v2)")
+    parser.add_argument("--holes", choices=HOLE_MODELS, default=defaults.holes,
+                        help="depth holes: blobs (beyond range and random blobs of 3-8 %% of the "
+                             "image) or sensor (where a stereo/ToF camera fails: far range, grazing "
+                             "incidence, specular and dark surfaces, occlusion edges, textureless "
+                             "areas, a little dropout; about 20 %% of the pixels in realistic rooms)")
+    parser.add_argument("--rooms", choices=tuple(ROOM_SETS), default=defaults.rooms,
+                        help="room families: classic (" + ", ".join(ROOM_SETS["classic"]) + ") or "
+                             "realistic (" + ", ".join(ROOM_SETS["realistic"]) + ", furnished, "
+                             "with surface materials and a robot's poses near walls and furniture)")
     parser.add_argument("--workers", type=int, default=2, help="simulation processes")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete OUT (and its manifest) first if it exists")
@@ -53,7 +70,8 @@ def parse_args() -> argparse.Namespace:
         args.config = WorldConfig(
             format=args.format, locations=args.locations, samples=args.samples, seed=args.seed,
             height=args.height, width=args.width, ears=args.ears, ear_angle_deg=args.ear_angle,
-            max_order=args.max_order, snr_db=args.snr_db, max_range_m=args.max_range)
+            max_order=args.max_order, snr_db=args.snr_db, max_range_m=args.max_range,
+            holes=args.holes, rooms=args.rooms)
     except ValueError as err:
         parser.error(str(err))
     if args.out.exists() and not args.out.is_dir():

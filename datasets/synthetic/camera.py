@@ -2,22 +2,65 @@
 
 The camera sits at the rig centre and looks along the heading (no pitch, no roll). Depth is
 z-depth (distance along the optical axis), as stereo and structured-light cameras report it.
-Holes are pixels a real depth camera loses: beyond its range, and random dropout blobs. The
-complete depth (every pixel's ray cast, no hole) is what the sensor's map would be without them.
+The complete depth (every pixel's ray cast, no hole) is what the sensor's map would be without
+its holes. Holes (0 in the sensor's map) follow one of two models (``HOLE_MODELS``):
+
+``blobs`` (the default world's): beyond the camera's range, and random dropout blobs covering
+3-8 % of the image.
+
+``sensor``: where a stereo or time-of-flight depth camera fails, for these physical reasons:
+
+- far range: beyond the camera's range nothing is reported, and before it the valid returns thin
+  out: stereo depth error grows with the square of the distance (disparity shrinks to sub-pixel)
+  and a ToF return's power with its inverse square, so the camera's confidence filter drops more
+  pixels the farther they are (half of them at ``RANGE_HALF_SHARE`` of the range);
+- grazing incidence: a surface seen almost edge-on (the far floor, a corridor's walls) returns
+  little light to a ToF sensor and is foreshortened differently in a stereo pair's two views, so
+  matching fails; lost between ``GRAZING_COS`` (cosine of the angle between the ray and the
+  surface normal);
+- specular and dark surfaces: glass is seen through or mirrors, polished metal and glossy floors
+  mirror the projector or show each stereo view a different highlight (each surface's
+  ``specular`` share, from its material), and a dark surface returns too little light (albedo
+  below ``DARK_ALBEDO``);
+- occlusion edges: a band of ``EDGE_BAND_PX`` pixels per 64 of image width on the far side of a
+  depth step: the background next to a foreground edge is seen by one stereo camera only (the
+  left-right check rejects it), and ToF pixels straddling the step mix both depths and are
+  filtered as flying pixels;
+- textureless areas: inside a large plain surface (farther than ``TEXTURELESS_SPAN`` of the image
+  width from any other surface's outline, where shading changes) a stereo matching window sees
+  no texture and the match is ambiguous; the loss grows as the surface's ``texture`` falls;
+- a little random dropout (``SENSOR_DROPOUT``): interference, sensor noise.
+
+The probabilistic causes share one smooth random field per image, so holes come in patches, as a
+real camera's do; beyond-range pixels and edge bands are always holes. The field is drawn from
+the rng given to ``render``: the same rng state gives the same holes.
 """
 from __future__ import annotations
 
 from typing import Tuple
 
 import numpy as np
-from scipy.ndimage import zoom
+from scipy.ndimage import distance_transform_edt, zoom
 
 from .scene import Box, Scene
 
+HOLE_MODELS = ("blobs", "sensor")
 DROPOUT_FRACTION = (0.03, 0.08)  # share of pixels lost to dropout blobs, drawn per image
 DROPOUT_BLOB_PX = 8  # rough blob size in pixels
 AMBIENT = 0.25  # light that reaches every surface
 LIGHT_FALLOFF_M = 6.0  # the camera-mounted lamp's intensity halves at this distance
+
+# The sensor model's causes (see the module docstring).
+RANGE_HALF_SHARE = 0.5  # half of the returns are lost at this share of the camera's range ...
+RANGE_FALLOFF_POWER = 4.0  # ... and the loss rises this steeply with depth
+GRAZING_COS = (0.15, 0.35)  # cos(incidence): all lost below the first, none above the second
+DARK_ALBEDO = 0.1  # mean albedo below which returns weaken; all lost at 0
+EDGE_JUMP_M = 0.3  # a depth step larger than this between neighbours is an occlusion edge
+EDGE_BAND_PX = 1  # far-side band width per 64 pixels of image width (at least one pixel)
+TEXTURELESS_SPAN = 0.12  # loss starts this share of the width inside a surface, is full at twice it
+TEXTURELESS_LOSS = 0.4  # share lost deep inside a perfectly plain surface
+SENSOR_DROPOUT = 0.01  # share lost anywhere
+SENSOR_PATCH_SHARE = 0.08  # rough size of the hole patches, as a share of the image width
 
 
 class DepthCamera:
@@ -27,10 +70,14 @@ class DepthCamera:
         height, width: image size in pixels.
         hfov_deg: horizontal field of view, degrees (square pixels).
         max_range_m: depth beyond this is a hole (0 in the depth map).
+        holes: the hole model, one of ``HOLE_MODELS`` (see the module docstring).
     """
 
-    def __init__(self, height: int, width: int, hfov_deg: float = 90.0, max_range_m: float = 12.0) -> None:
-        self.height, self.width, self.max_range_m = height, width, max_range_m
+    def __init__(self, height: int, width: int, hfov_deg: float = 90.0, max_range_m: float = 12.0,
+                 holes: str = "blobs") -> None:
+        if holes not in HOLE_MODELS:
+            raise ValueError(f"holes must be one of {HOLE_MODELS}, got {holes!r}")
+        self.height, self.width, self.max_range_m, self.holes = height, width, max_range_m, holes
         focal = (width / 2) / np.tan(np.radians(hfov_deg) / 2)
         u = (np.arange(width) + 0.5 - width / 2) / focal
         v = (np.arange(height) + 0.5 - height / 2) / focal
@@ -97,7 +144,7 @@ class DepthCamera:
 
         Args:
             scene: room, obstacles and rig pose.
-            rng: draws the dropout blobs.
+            rng: draws the holes' random part (the dropout blobs, or the sensor model's field).
 
         Returns:
             depth_mm: (H, W) float32 z-depth in millimetres, 0 = hole.
@@ -112,7 +159,10 @@ class DepthCamera:
         light = AMBIENT + (1 - AMBIENT) * cos_incidence / (1 + (distance / LIGHT_FALLOFF_M) ** 2)
         rgb = np.clip(np.round(255 * scene.albedo[surface] * light[..., None]), 0, 255).astype(np.uint8)
 
-        holes = (depth > self.max_range_m) | self._dropout_mask(rng)
+        if self.holes == "blobs":
+            holes = (depth > self.max_range_m) | self._dropout_mask(rng)
+        else:
+            holes = self._sensor_holes(depth, surface, cos_incidence, scene, rng)
         complete_mm = _millimetres(depth)
         return np.where(holes, np.float32(0.0), complete_mm), complete_mm, rgb
 
@@ -127,6 +177,74 @@ class DepthCamera:
         field = zoom(coarse, (self.height / coarse.shape[0], self.width / coarse.shape[1]), order=1)
         fraction = rng.uniform(*DROPOUT_FRACTION)
         return field > np.quantile(field, 1 - fraction)
+
+
+    def _sensor_holes(self, depth: np.ndarray, surface: np.ndarray, cos_incidence: np.ndarray,
+                      scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        """(H, W) bool holes of the ``sensor`` model (causes in the module docstring).
+
+        Args:
+            depth: (H, W) z-depth in metres.
+            surface: (H, W) surface index of every pixel.
+            cos_incidence: (H, W) cosine of the angle between each ray and its surface's normal.
+            scene: gives each surface's albedo, specular share and texture.
+            rng: draws the smooth field that turns loss probabilities into hole patches.
+        """
+        far = (depth / (RANGE_HALF_SHARE * self.max_range_m)) ** RANGE_FALLOFF_POWER
+        low, high = GRAZING_COS
+        span_px = TEXTURELESS_SPAN * self.width
+        inside = np.clip(_distance_to_other_surfaces(surface) / span_px - 1.0, 0.0, 1.0)
+        losses = [
+            far / (1.0 + far),
+            np.clip((high - cos_incidence) / (high - low), 0.0, 1.0),
+            scene.surface_specular()[surface],
+            np.clip(1.0 - scene.albedo.mean(axis=1)[surface] / DARK_ALBEDO, 0.0, 1.0),
+            TEXTURELESS_LOSS * (1.0 - scene.surface_texture()[surface]) * inside,
+            np.full(depth.shape, SENSOR_DROPOUT),
+        ]
+        kept = np.prod([1.0 - loss for loss in losses], axis=0)
+        band = EDGE_BAND_PX * max(1, round(self.width / 64))
+        return ((self._patch_field(rng) < 1.0 - kept) | (depth > self.max_range_m)
+                | _far_side_of_edges(depth, band))
+
+    def _patch_field(self, rng: np.random.Generator) -> np.ndarray:
+        """(H, W) smooth random field, uniform in (0, 1) over the image (ranks of smoothed noise)."""
+        # Sized with the image, so that a world's holes look alike at every resolution.
+        patch_px = SENSOR_PATCH_SHARE * self.width
+        coarse = rng.standard_normal((max(2, round(self.height / patch_px)),
+                                      max(2, round(self.width / patch_px))))
+        field = zoom(coarse, (self.height / coarse.shape[0], self.width / coarse.shape[1]), order=1)
+        ranks = np.argsort(np.argsort(field, axis=None)).reshape(field.shape)
+        return (ranks + 0.5) / field.size
+
+
+def _distance_to_other_surfaces(surface: np.ndarray) -> np.ndarray:
+    """(H, W) distance in pixels from each pixel to the nearest pixel whose neighbour lies on
+    another surface (inf when the whole image is one surface)."""
+    outline = np.zeros(surface.shape, dtype=bool)
+    for axis in (0, 1):
+        change = np.diff(surface, axis=axis) != 0
+        lower = [slice(None), slice(None)]
+        upper = [slice(None), slice(None)]
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        outline[tuple(lower)] |= change
+        outline[tuple(upper)] |= change
+    if not outline.any():
+        return np.full(surface.shape, np.inf)
+    return distance_transform_edt(~outline)
+
+
+def _far_side_of_edges(depth: np.ndarray, band: int) -> np.ndarray:
+    """(H, W) bool: pixels within ``band`` pixels (along a row or column) behind a neighbour that
+    is more than ``EDGE_JUMP_M`` nearer: the far side of an occlusion edge."""
+    behind = np.zeros(depth.shape, dtype=bool)
+    padded = np.pad(depth, band, constant_values=np.inf)
+    height, width = depth.shape
+    for shift in range(1, band + 1):
+        for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
+            neighbour = padded[band + dy:band + dy + height, band + dx:band + dx + width]
+            behind |= depth - neighbour > EDGE_JUMP_M
+    return behind
 
 
 def _millimetres(depth_m: np.ndarray) -> np.ndarray:

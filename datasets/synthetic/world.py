@@ -1,8 +1,10 @@
 """Generate a simulated world in the BatVision V1 or V2 on-disk format.
 
-Each location folder holds one room family (``scene.FAMILIES``, cycling: ``SmallRoom_00``,
-``Corridor_01``, ``Hall_02``, ``SmallRoom_03``, ...); every sample is a fresh room of that family
-seen from a random rig pose, with ~70/15/15 % of each location's samples in train/val/test.
+Each location folder holds one room family (cycling through ``scene.ROOM_SETS[config.rooms]``:
+``SmallRoom_00``, ``Corridor_01``, ``Hall_02``, ``SmallRoom_03``, ... for the default classic
+rooms; ``Office_00``, ``Corridor_01``, ``Classroom_02``, ... for the realistic ones); every sample
+is a fresh room of that family seen from a random rig pose, with ~70/15/15 % of each location's
+samples in train/val/test.
 Every sample is a pure function of ``(seed, location, sample)``, so the output tree is
 byte-identical for a given config whatever the number of workers.
 
@@ -39,8 +41,8 @@ from datasets.errors import DataError
 from datasets.sample import SPLITS
 
 from .acoustics import EAR_PATTERNS, EchoSimulator
-from .camera import DepthCamera
-from .scene import LocationStyle, location_name, sample_location_style, sample_scene
+from .camera import HOLE_MODELS, DepthCamera
+from .scene import ROOM_SETS, LocationStyle, location_name, sample_location_style, sample_scene
 from .writer import Recording, V1Writer, V2Writer
 
 # Bump when a change to the generator changes its output, so stale worlds are regenerated.
@@ -53,6 +55,9 @@ FORMATS = ("v1", "v2")
 # here rarely exceed 15 m, so 15 m still leaves far corridor ends as holes.
 DEFAULT_MAX_RANGE_M = {"v1": 12.0, "v2": 15.0}
 SPLIT_SHARES = {"val": 0.15, "test": 0.15}  # the rest is train
+# Fields added after worlds were first cached, with the value that reproduces those worlds: a
+# config holding it leaves the field out of to_dict() (see there).
+OPT_IN_DEFAULTS = {"holes": "blobs", "rooms": "classic"}
 FIRST_TIME_S = 1_700_000_000.0  # capture time of the first location's index 0, UNIX seconds
 SECONDS_PER_INDEX = 0.5
 
@@ -74,6 +79,10 @@ class WorldConfig:
         snr_db: white sensor noise, dB below the direct path's RMS level.
         hfov_deg: camera horizontal field of view, degrees.
         max_range_m: depth beyond this is a hole; None: 12 m for V1, 15 m for V2.
+        holes: the depth camera's hole model, one of ``camera.HOLE_MODELS``: ``blobs`` (range and
+            random blobs) or ``sensor`` (where a real depth camera fails).
+        rooms: the room set, one of ``scene.ROOM_SETS``: ``classic`` (SmallRoom, Corridor, Hall)
+            or ``realistic`` (furnished families, materials, a robot's poses).
     """
 
     format: str = "v2"
@@ -89,8 +98,14 @@ class WorldConfig:
     snr_db: float = 50.0
     hfov_deg: float = 90.0
     max_range_m: Optional[float] = None
+    holes: str = OPT_IN_DEFAULTS["holes"]
+    rooms: str = OPT_IN_DEFAULTS["rooms"]
 
     def __post_init__(self) -> None:
+        if self.holes not in HOLE_MODELS:
+            raise ValueError(f"holes must be one of {HOLE_MODELS}, got {self.holes!r}")
+        if self.rooms not in ROOM_SETS:
+            raise ValueError(f"rooms must be one of {tuple(ROOM_SETS)}, got {self.rooms!r}")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.ears not in EAR_PATTERNS:
@@ -107,7 +122,18 @@ class WorldConfig:
         return DEFAULT_MAX_RANGE_M[self.format] if self.max_range_m is None else self.max_range_m
 
     def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
+        """The config as a manifest stores it; an opt-in field holding its default is left out.
+
+        Cached worlds are reused when their manifest's config equals this dict, and the default
+        world's folder is named by its digest: leaving out the fields that were added later, while
+        they hold the value that reproduces the older worlds byte for byte, keeps those worlds and
+        folder names matching.
+        """
+        config = asdict(self)
+        for name, default in OPT_IN_DEFAULTS.items():
+            if config[name] == default:
+                del config[name]
+        return config
 
 
 @dataclass(frozen=True)
@@ -151,7 +177,7 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
     recordings = tqdm(_simulate_all(config, plan, workers), total=len(plan), disable=not progress,
                       desc=f"simulating {config.format} world", unit="sample")
     for planned, rec in zip(plan, recordings):
-        writer.add(location_name(planned.location), planned.split, planned.index, rec)
+        writer.add(location_name(planned.location, config.rooms), planned.split, planned.index, rec)
         rec_peak = float(np.abs(rec.audio).max())
         peak, clipped = max(peak, rec_peak), clipped + (rec_peak >= 1.0)
     writer.close()
@@ -161,7 +187,7 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
     stats = {
         "samples": len(plan), "seconds": seconds, "samples_per_s": len(plan) / seconds,
         "peak": peak, "clipped_recordings": clipped,
-        "locations": [location_name(loc) for loc in range(config.locations)],
+        "locations": [location_name(loc, config.rooms) for loc in range(config.locations)],
         "splits": {split: sum(s.split == split for s in plan) for split in SPLITS},
     }
     _write_manifest(out, {"version": WORLD_VERSION, "config": config.to_dict(), "stats": stats,
@@ -228,8 +254,8 @@ def add_complete_depth(out_dir: "str | os.PathLike[str]", config: WorldConfig,
     for planned in tqdm(plan, disable=not progress, desc="complete depth", unit="sample"):
         scene = sample_scene(_location_style(config, planned.location),
                              _rng(config, planned.location, 1, planned.sample))
-        writer.add_complete_depth(location_name(planned.location), planned.index, planned.time,
-                                  camera.complete_depth_mm(scene))
+        writer.add_complete_depth(location_name(planned.location, config.rooms), planned.index,
+                                  planned.time, camera.complete_depth_mm(scene))
 
 
 def manifest_path(out_dir: "str | os.PathLike[str]") -> Path:
@@ -313,12 +339,12 @@ def _init_worker(config: WorldConfig) -> None:
                                ear_angle_deg=config.ear_angle_deg, max_order=config.max_order,
                                snr_db=config.snr_db)
     _CAMERA = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
-                          max_range_m=config.camera_range_m)
+                          max_range_m=config.camera_range_m, holes=config.holes)
 
 
 @lru_cache(maxsize=None)
 def _location_style(config: WorldConfig, location: int) -> LocationStyle:
-    return sample_location_style(location, _rng(config, location, 0))
+    return sample_location_style(location, _rng(config, location, 0), config.rooms)
 
 
 def _simulate(planned: _PlannedSample) -> Recording:
