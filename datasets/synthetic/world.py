@@ -38,7 +38,7 @@ from tqdm import tqdm
 from datasets.errors import DataError
 from datasets.sample import SPLITS
 
-from .acoustics import EAR_PATTERNS, EchoSimulator
+from .acoustics import ACOUSTIC_MODELS, EAR_PATTERNS, EchoSimulator
 from .camera import DepthCamera
 from .scene import LocationStyle, location_name, sample_location_style, sample_scene
 from .writer import Recording, V1Writer, V2Writer
@@ -72,6 +72,9 @@ class WorldConfig:
         ear_spacing_m: distance between the ears, metres.
         max_order: image-source reflection order (3 keeps halls with obstacles cheap).
         snr_db: white sensor noise, dB below the direct path's RMS level.
+        acoustics: ``ideal`` (image sources, direct path at time 0) or ``realistic`` (latency,
+            band-limited directional speaker, shaded direct path, reverberant tail, room noise;
+            see ``acoustics.Realism``).
         hfov_deg: camera horizontal field of view, degrees.
         max_range_m: depth beyond this is a hole; None: 12 m for V1, 15 m for V2.
     """
@@ -87,6 +90,7 @@ class WorldConfig:
     ear_spacing_m: float = 0.2
     max_order: int = 3
     snr_db: float = 50.0
+    acoustics: str = "ideal"
     hfov_deg: float = 90.0
     max_range_m: Optional[float] = None
 
@@ -95,6 +99,9 @@ class WorldConfig:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.ears not in EAR_PATTERNS:
             raise ValueError(f"ears must be one of {sorted(EAR_PATTERNS)}, got {self.ears!r}")
+        if self.acoustics not in ACOUSTIC_MODELS:
+            raise ValueError(f"acoustics must be one of {sorted(ACOUSTIC_MODELS)}, "
+                             f"got {self.acoustics!r}")
         for name in ("locations", "samples", "height", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -107,7 +114,13 @@ class WorldConfig:
         return DEFAULT_MAX_RANGE_M[self.format] if self.max_range_m is None else self.max_range_m
 
     def to_dict(self) -> Dict[str, object]:
-        return asdict(self)
+        """The config as a manifest records it (and the default world's folder name digests)."""
+        config = asdict(self)
+        # Worlds made before the acoustic model existed are ideal ones: leaving the default out
+        # keeps their manifests matching, and the default world's folder name unchanged.
+        if self.acoustics == "ideal":
+            del config["acoustics"]
+        return config
 
 
 @dataclass(frozen=True)
@@ -311,7 +324,7 @@ def _init_worker(config: WorldConfig) -> None:
     _CONFIG = config
     _SIMULATOR = EchoSimulator(ears=config.ears, ear_spacing_m=config.ear_spacing_m,
                                ear_angle_deg=config.ear_angle_deg, max_order=config.max_order,
-                               snr_db=config.snr_db)
+                               snr_db=config.snr_db, realism=ACOUSTIC_MODELS[config.acoustics])
     _CAMERA = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
                           max_range_m=config.camera_range_m)
 
