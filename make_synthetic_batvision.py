@@ -5,6 +5,8 @@ Rooms of three families (small rooms, corridors, L/U-shaped halls, all with box 
 0.2 m apart with sensor noise, and a ray-cast depth camera with RGB on the same rig. Each location
 folder is one room family; ``--samples`` is the number of samples per location, split ~70/15/15 %
 into train/val/test. Same flags, same seed -> byte-identical files, whatever ``--workers``.
+``--acoustics realistic`` makes the recordings look like real V2 ones (a playback latency, a
+band-limited directional speaker, a reverberant tail, room noise); the default stays ``ideal``.
 
 Example:
     python make_synthetic_batvision.py --format v2 --out data/synthetic_v2 --locations 3 --samples 400
@@ -15,7 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from datasets.synthetic.acoustics import EAR_PATTERNS
+from datasets.synthetic.acoustics import ACOUSTIC_MODELS, EAR_PATTERNS
 from datasets.synthetic.world import FORMATS, WorldConfig, generate_world, manifest_path
 
 
@@ -42,6 +44,11 @@ def parse_args() -> argparse.Namespace:
                         help="image-source reflection order (cost grows fast with obstacles)")
     parser.add_argument("--snr-db", type=float, default=defaults.snr_db,
                         help="sensor noise, dB below the direct path's RMS")
+    parser.add_argument("--acoustics", choices=sorted(ACOUSTIC_MODELS), default=defaults.acoustics,
+                        help="ideal: image sources alone, direct path at time 0; realistic: "
+                             "calibrated on a real V2 recording (emission latency, band-limited "
+                             "speaker and microphones, directional speaker, reverberant tail, "
+                             "room noise)")
     parser.add_argument("--max-range", type=float, default=None,
                         help="depth beyond this many metres is a hole (default: 12 for v1, 15 for v2)")
     parser.add_argument("--workers", type=int, default=2, help="simulation processes")
@@ -53,7 +60,8 @@ def parse_args() -> argparse.Namespace:
         args.config = WorldConfig(
             format=args.format, locations=args.locations, samples=args.samples, seed=args.seed,
             height=args.height, width=args.width, ears=args.ears, ear_angle_deg=args.ear_angle,
-            max_order=args.max_order, snr_db=args.snr_db, max_range_m=args.max_range)
+            max_order=args.max_order, snr_db=args.snr_db, acoustics=args.acoustics,
+            max_range_m=args.max_range)
     except ValueError as err:
         parser.error(str(err))
     if args.out.exists() and not args.out.is_dir():
