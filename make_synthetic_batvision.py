@@ -9,6 +9,8 @@ into train/val/test. Same flags, same seed -> byte-identical files, whatever ``-
 labs) with surface materials and a robot's poses; ``--holes sensor`` puts the depth holes where a
 real depth camera loses pixels (far range, grazing incidence, specular and dark surfaces,
 occlusion edges, textureless areas).
+``--acoustics realistic`` makes the recordings look like real V2 ones (a playback latency, a
+band-limited directional speaker, a reverberant tail, room noise); the default stays ``ideal``.
 
 Example:
     python make_synthetic_batvision.py --format v2 --out data/synthetic_v2 --locations 3 --samples 400
@@ -21,7 +23,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from datasets.synthetic.acoustics import EAR_PATTERNS
+from datasets.synthetic.acoustics import ACOUSTIC_MODELS, EAR_PATTERNS
 from datasets.synthetic.camera import HOLE_MODELS
 from datasets.synthetic.scene import ROOM_SETS
 from datasets.synthetic.world import FORMATS, WorldConfig, generate_world, manifest_path
@@ -50,6 +52,11 @@ def parse_args() -> argparse.Namespace:
                         help="image-source reflection order (cost grows fast with obstacles)")
     parser.add_argument("--snr-db", type=float, default=defaults.snr_db,
                         help="sensor noise, dB below the direct path's RMS")
+    parser.add_argument("--acoustics", choices=sorted(ACOUSTIC_MODELS), default=defaults.acoustics,
+                        help="ideal: image sources alone, direct path at time 0; realistic: "
+                             "calibrated on a real V2 recording (emission latency, band-limited "
+                             "speaker and microphones, directional speaker, reverberant tail, "
+                             "room noise)")
     parser.add_argument("--max-range", type=float, default=None,
                         help="depth beyond this many metres is a hole (default: 12 for v1, 15 for v2)")
     parser.add_argument("--holes", choices=HOLE_MODELS, default=defaults.holes,
@@ -70,8 +77,8 @@ def parse_args() -> argparse.Namespace:
         args.config = WorldConfig(
             format=args.format, locations=args.locations, samples=args.samples, seed=args.seed,
             height=args.height, width=args.width, ears=args.ears, ear_angle_deg=args.ear_angle,
-            max_order=args.max_order, snr_db=args.snr_db, max_range_m=args.max_range,
-            holes=args.holes, rooms=args.rooms)
+            max_order=args.max_order, snr_db=args.snr_db, acoustics=args.acoustics,
+            max_range_m=args.max_range, holes=args.holes, rooms=args.rooms)
     except ValueError as err:
         parser.error(str(err))
     if args.out.exists() and not args.out.is_dir():

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from datasets.errors import DataError
 from datasets.sample import SPLITS
 
-from .acoustics import EAR_PATTERNS, EchoSimulator
+from .acoustics import ACOUSTIC_MODELS, EAR_PATTERNS, EchoSimulator
 from .camera import HOLE_MODELS, DepthCamera
 from .scene import ROOM_SETS, LocationStyle, location_name, sample_location_style, sample_scene
 from .writer import Recording, V1Writer, V2Writer
@@ -57,7 +57,7 @@ DEFAULT_MAX_RANGE_M = {"v1": 12.0, "v2": 15.0}
 SPLIT_SHARES = {"val": 0.15, "test": 0.15}  # the rest is train
 # Fields added after worlds were first cached, with the value that reproduces those worlds: a
 # config holding it leaves the field out of to_dict() (see there).
-OPT_IN_DEFAULTS = {"holes": "blobs", "rooms": "classic"}
+OPT_IN_DEFAULTS = {"acoustics": "ideal", "holes": "blobs", "rooms": "classic"}
 FIRST_TIME_S = 1_700_000_000.0  # capture time of the first location's index 0, UNIX seconds
 SECONDS_PER_INDEX = 0.5
 
@@ -77,6 +77,9 @@ class WorldConfig:
         ear_spacing_m: distance between the ears, metres.
         max_order: image-source reflection order (3 keeps halls with obstacles cheap).
         snr_db: white sensor noise, dB below the direct path's RMS level.
+        acoustics: ``ideal`` (image sources, direct path at time 0) or ``realistic`` (latency,
+            band-limited directional speaker, shaded direct path, reverberant tail, room noise;
+            see ``acoustics.Realism``).
         hfov_deg: camera horizontal field of view, degrees.
         max_range_m: depth beyond this is a hole; None: 12 m for V1, 15 m for V2.
         holes: the depth camera's hole model, one of ``camera.HOLE_MODELS``: ``blobs`` (range and
@@ -96,6 +99,7 @@ class WorldConfig:
     ear_spacing_m: float = 0.2
     max_order: int = 3
     snr_db: float = 50.0
+    acoustics: str = OPT_IN_DEFAULTS["acoustics"]
     hfov_deg: float = 90.0
     max_range_m: Optional[float] = None
     holes: str = OPT_IN_DEFAULTS["holes"]
@@ -110,6 +114,9 @@ class WorldConfig:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.ears not in EAR_PATTERNS:
             raise ValueError(f"ears must be one of {sorted(EAR_PATTERNS)}, got {self.ears!r}")
+        if self.acoustics not in ACOUSTIC_MODELS:
+            raise ValueError(f"acoustics must be one of {sorted(ACOUSTIC_MODELS)}, "
+                             f"got {self.acoustics!r}")
         for name in ("locations", "samples", "height", "width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -337,7 +344,7 @@ def _init_worker(config: WorldConfig) -> None:
     _CONFIG = config
     _SIMULATOR = EchoSimulator(ears=config.ears, ear_spacing_m=config.ear_spacing_m,
                                ear_angle_deg=config.ear_angle_deg, max_order=config.max_order,
-                               snr_db=config.snr_db)
+                               snr_db=config.snr_db, realism=ACOUSTIC_MODELS[config.acoustics])
     _CAMERA = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
                           max_range_m=config.camera_range_m, holes=config.holes)
 
