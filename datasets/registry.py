@@ -23,13 +23,24 @@ READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
            "synthetic": BatvisionV2Dataset}
 
 
+# The simulated world's opt-in realism (WorldConfig fields, each set by --synthetic_<field>) and
+# its values, the default first: what every world was before the field existed. Named here, not
+# read from the generator, so parsing a command line does not import pyroomacoustics; a test
+# holds them equal to the generator's own.
+WORLD_OPTIONS = {"acoustics": ("ideal", "realistic"), "holes": ("blobs", "sensor"),
+                 "rooms": ("classic", "realistic")}
+
+
 def synthetic_world_config(args: argparse.Namespace) -> Any:
-    """The ``WorldConfig`` that ``--synthetic_*`` flags describe (V2 format)."""
+    """The ``WorldConfig`` that ``--synthetic_*`` flags describe (V2 format); arguments saved
+    before an option existed get its default."""
     from datasets.synthetic.world import WorldConfig  # pyroomacoustics only when a world is used
 
+    options = {name: getattr(args, f"synthetic_{name}", values[0])
+               for name, values in WORLD_OPTIONS.items()}
     return WorldConfig(format="v2", locations=args.synthetic_locations,
                        samples=args.synthetic_samples, seed=args.synthetic_seed,
-                       height=args.synthetic_size, width=args.synthetic_size)
+                       height=args.synthetic_size, width=args.synthetic_size, **options)
 
 
 def _csv_header(path: Path) -> List[str]:

@@ -3,6 +3,7 @@ hand-built scene), the realistic room families, the statistics they reach agains
 reference, and the default world left as it was."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -237,3 +238,64 @@ def test_a_realistic_world_is_deterministic_and_named_by_its_families(tmp_path, 
     assert stats["locations"] == ["Office_00", "Corridor_01", "Classroom_02"]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(stats["locations"])
     assert trees[0] == trees[1] and len(trees[0]) == 3 * (3 + 3 * 4)
+
+
+def test_the_flags_name_the_generators_own_realism_options() -> None:
+    """datasets.registry names the options without importing the generator: they must stay the
+    generator's, with the default (what older worlds are) first."""
+    from datasets.registry import WORLD_OPTIONS
+    from datasets.synthetic.acoustics import ACOUSTIC_MODELS
+    from datasets.synthetic.camera import HOLE_MODELS
+    from datasets.synthetic.scene import ROOM_SETS
+    from datasets.synthetic.world import OPT_IN_DEFAULTS
+
+    assert {name: set(values) for name, values in WORLD_OPTIONS.items()} == {
+        "acoustics": set(ACOUSTIC_MODELS), "holes": set(HOLE_MODELS), "rooms": set(ROOM_SETS)}
+    assert {name: values[0] for name, values in WORLD_OPTIONS.items()} == OPT_IN_DEFAULTS
+
+
+def test_training_flags_choose_the_world_and_count_in_identity_only_when_moved() -> None:
+    from datasets.registry import synthetic_world_config
+    from tests.conftest import parse
+    from training.identity import INTRODUCED_LATER
+
+    default = parse("student", ["--dataset", "synthetic"])
+    realistic = parse("student", ["--dataset", "synthetic", "--synthetic_acoustics", "realistic",
+                                  "--synthetic_holes", "sensor", "--synthetic_rooms", "realistic"])
+    assert synthetic_world_config(default) == WorldConfig()
+    assert synthetic_world_config(realistic) == WorldConfig(acoustics="realistic",
+                                                            holes="sensor", rooms="realistic")
+    # Arguments saved before the options existed (an older checkpoint's) read the default world.
+    old = argparse.Namespace(**{k: v for k, v in vars(default).items()
+                                if not k.startswith(("synthetic_acoustics", "synthetic_holes",
+                                                     "synthetic_rooms"))})
+    assert synthetic_world_config(old) == WorldConfig()
+    for name in ("acoustics", "holes", "rooms"):
+        assert INTRODUCED_LATER[f"synthetic_{name}"] == getattr(default, f"synthetic_{name}")
+
+
+def test_the_runner_passes_a_realistic_world_to_every_run_and_nothing_by_default(
+        tmp_path: Path) -> None:
+    from training.experiments import presets, runs
+    from training.experiments.main import build_parser
+    from training.experiments.report import world_line
+
+    def argv_of(*flags: str) -> list:
+        preset = presets.resolve_preset(build_parser(None).parse_args(
+            ["--preset", "quick", *flags]))
+        setup = runs.Setup(preset=preset, config_dir=Path("configs/synthetic"),
+                           data_root=str(tmp_path), cache_dir=tmp_path, device="cpu",
+                           runs_dir=tmp_path / "runs", on_mismatch="retrain", launch=None)
+        return runs.run_spec(preset.experiments[1], 0, setup).argv, world_line(preset)
+
+    plain, plain_line = argv_of()
+    assert not any(flag.startswith(("--synthetic_acoustics", "--synthetic_holes",
+                                    "--synthetic_rooms")) for flag in plain)
+    assert "Realism" not in plain_line
+    realistic, line = argv_of("--synthetic_rooms", "realistic", "--synthetic_holes", "sensor")
+    pairs = list(zip(realistic, realistic[1:]))
+    assert ("--synthetic_holes", "sensor") in pairs and ("--synthetic_rooms", "realistic") in pairs
+    assert "--synthetic_acoustics" not in realistic
+    assert "`--synthetic_holes sensor`, `--synthetic_rooms realistic`" in line
+    with pytest.raises(SystemExit):
+        build_parser(None).parse_args(["--synthetic_rooms", "palace"])

@@ -18,7 +18,7 @@ from common.argtypes import (
     ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int,
 )
 from common.errors import UsageError
-from datasets.registry import DATASETS
+from datasets.registry import DATASETS, WORLD_OPTIONS
 from models.binaural_attention_model import (
     DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES, check_attention_levels,
 )
@@ -162,6 +162,23 @@ def add_data_flags(data: ArgumentGroup) -> None:
                       help="synthetic world: side of the rendered depth/RGB images in pixels")
     data.add_argument("--synthetic_seed", type=non_negative_int, default=0,
                       help="synthetic world: seed of the world (independent of --seed)")
+    for name, values in WORLD_OPTIONS.items():
+        data.add_argument(f"--synthetic_{name}", choices=values, default=values[0],
+                          help=f"synthetic world: {WORLD_OPTION_HELP[name]}")
+
+
+# What each opt-in realism of the simulated world does (datasets.registry.WORLD_OPTIONS).
+WORLD_OPTION_HELP = {
+    "acoustics": "ideal (image sources alone, the chirp leaves at time 0) or realistic (playback "
+                 "latency, band-limited directional speaker, reverberant tail, room noise; "
+                 "calibrated on a real V2 recording)",
+    "holes": "depth holes: blobs (beyond range, random blobs) or sensor (where a depth camera "
+             "fails: far range, grazing incidence, specular and dark surfaces, occlusion edges, "
+             "textureless areas)",
+    "rooms": "classic (small rooms, corridors, halls) or realistic (also furnished offices, "
+             "classrooms, stairwell landings, cluttered labs; surface materials; a robot's poses "
+             "near walls and furniture)",
+}
 
 
 def add_optimisation_flags(opt: ArgumentGroup) -> None:

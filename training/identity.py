@@ -27,6 +27,8 @@ import hashlib
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from datasets.registry import WORLD_OPTIONS
+
 # Where and how a run executes, not what it computes: never part of the identity. (A flag not
 # listed here counts, so a new flag errs on the side of retraining.)
 OPERATIONAL = frozenset({
@@ -37,7 +39,8 @@ OPERATIONAL = frozenset({
 })
 # Flags added after runs existed, with the value every earlier run had in effect: recorded only
 # when a run moves away from it, so adding a flag does not retrain every run that predates it.
-INTRODUCED_LATER = {"feature_teacher": "teacher", "labelled_fraction": 1.0, "labelled_seed": 0}
+INTRODUCED_LATER = {"feature_teacher": "teacher", "labelled_fraction": 1.0, "labelled_seed": 0,
+                    **{f"synthetic_{name}": values[0] for name, values in WORLD_OPTIONS.items()}}
 # Parts a resumed run must share with the run it continues.
 RESUME_FIXED_GROUPS = ("data", "distillation")
 KINDS = ("teacher", "student", "kd")

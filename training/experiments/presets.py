@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from common.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from common.errors import UsageError
-from training.cli import image_size, unit_fraction
+from datasets.registry import WORLD_OPTIONS
+from training.cli import WORLD_OPTION_HELP, image_size, unit_fraction
 
 # Which checkpoint of a run the table scores.
 BEST, LAST = "best", "last"
@@ -226,6 +227,9 @@ class Preset:
         teacher_epochs, student_epochs: ``--nb_epochs`` of the teacher and of every audio model.
         max_depth: metres (``None``: the dataset's default).
         synthetic_locations, synthetic_samples, synthetic_size, synthetic_seed: the world.
+        synthetic_acoustics, synthetic_holes, synthetic_rooms: the world's opt-in realism
+            (``datasets.registry.WORLD_OPTIONS``; the runs get the flag only when it is not the
+            default, so the commands of earlier tables stay as they were).
         feature_weight: ``--lambda_feat`` of the feature-KD rows.
         labelled_fraction: ``--labelled_fraction`` of every run (1: every training sample
             labelled; below 1 the teacher too learns from the labelled subset alone).
@@ -249,6 +253,9 @@ class Preset:
     synthetic_samples: int = 400
     synthetic_size: int = 128
     synthetic_seed: int = 0
+    synthetic_acoustics: str = WORLD_OPTIONS["acoustics"][0]
+    synthetic_holes: str = WORLD_OPTIONS["holes"][0]
+    synthetic_rooms: str = WORLD_OPTIONS["rooms"][0]
     feature_weight: float = 0.05
     labelled_fraction: float = 1.0
     dense_truth: bool = False
@@ -315,6 +322,15 @@ PRESETS: Dict[str, Preset] = {
         goals="standard", seeds=3, image_size=256, batch_size=64, teacher_epochs=80,
         student_epochs=80, flags=("--num_workers", "8")),
 }
+def _one_of(values: Tuple[str, ...]) -> Callable[[str], str]:
+    """argparse type accepting one of ``values`` (a size field's type, where choices cannot go)."""
+    def parse(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(values)}, got {text!r}")
+        return text
+    return parse
+
+
 # Preset fields the command line may override (each a flag of the same name): type, meaning.
 SIZE_FIELDS: Dict[str, Tuple[Callable[[str], Any], str]] = {
     "image_size": (image_size, "side of every run's inputs and depth maps, pixels"),
@@ -326,6 +342,8 @@ SIZE_FIELDS: Dict[str, Tuple[Callable[[str], Any], str]] = {
     "synthetic_samples": (positive_int, "synthetic world: samples per location"),
     "synthetic_size": (positive_int, "synthetic world: rendered image side, pixels"),
     "synthetic_seed": (non_negative_int, "synthetic world: its seed"),
+    **{f"synthetic_{name}": (_one_of(values), f"synthetic world: {WORLD_OPTION_HELP[name]}")
+       for name, values in WORLD_OPTIONS.items()},
     "feature_weight": (non_negative_float, "--lambda_feat of the feature-KD rows"),
     "labelled_fraction": (unit_fraction, "share of each location's training samples that keep "
                                          "their depth (every run; training/labels.py)"),

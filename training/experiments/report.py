@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from torch.utils.data import default_collate
 
 from datasets.batvision import spread_indices
+from datasets.registry import WORLD_OPTIONS
 from datasets.sample import AUDIO, DEPTH, RGB
 from training.checkpoint import CONFIG_FILE, Checkpoint, atomic_write, load_checkpoint, load_model
 from training.data import build_dataset, resolve_data_root
@@ -335,7 +336,7 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
         "invocations are not counted)."
         + (f" Runs trained {jobs} at once: their training times include that contention."
            if jobs > 1 else ""), "",
-        *([world_line(preset.synthetic_seed), ""] if preset.dataset == "synthetic" else []),
+        *([world_line(preset), ""] if preset.dataset == "synthetic" else []),
         "Test split (`val rmse`: the scored checkpoint's validation RMSE, by which every "
         f"\"best\" row is chosen); mean ± sample std over {preset.seeds} seed(s) (no ± with one "
         "seed). Each trained run is scored with `evaluate.py` at the checkpoint its row names: "
@@ -381,16 +382,21 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def world_line(seed: int) -> str:
-    """What a synthetic world of ``seed`` is for (:data:`DEVELOPMENT_WORLDS`,
-    :data:`REPORT_WORLDS`)."""
+def world_line(preset: Preset) -> str:
+    """What the preset's synthetic world is for (:data:`DEVELOPMENT_WORLDS`,
+    :data:`REPORT_WORLDS`), and its realism where it is not the default."""
+    seed = preset.synthetic_seed
+    realism = [f"`--synthetic_{name} {getattr(preset, f'synthetic_{name}')}`"
+               for name, values in WORLD_OPTIONS.items()
+               if getattr(preset, f"synthetic_{name}") != values[0]]
     if seed in DEVELOPMENT_WORLDS:
         purpose = "a development world: choices are made here, on validation RMSE"
     elif seed in REPORT_WORLDS:
         purpose = "a report world, fixed in advance: no choice was made on it"
     else:
         purpose = "neither a development nor a report world"
-    return f"World: `--synthetic_seed {seed}`, {purpose}."
+    return (f"World: `--synthetic_seed {seed}`, {purpose}."
+            + (f" Realism: {', '.join(realism)}." if realism else ""))
 
 
 def save_bar_chart(path: Path, summary: List[Row]) -> None:
