@@ -23,8 +23,9 @@ from training.checkpoint import CONFIG_FILE, Checkpoint, atomic_write, load_chec
 from training.data import build_dataset, resolve_data_root
 from training.device import DistContext
 from training.experiments.presets import (
-    AUDIO_ONLY, AUDIO_ROLES, DEVELOPMENT_WORLDS, EXPERIMENTS, OFFICIAL_TUNED, OFFICIAL_UNET,
-    REFERENCES, REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row, is_kd_row,
+    AUDIO_ONLY, AUDIO_ROLES, DEVELOPMENT_WORLDS, EXPERIMENTS, LABEL_FRACTIONS, OFFICIAL_TUNED,
+    OFFICIAL_UNET, REFERENCES, REPORT_WORLDS, RICH_TEACHER, TEACHER, Preset, is_audio_row,
+    is_kd_row,
 )
 from training.experiments.scoring import (
     DENSE_COLUMNS, DENSE_RMSE, HOLES_RMSE, METRIC_COLUMNS, TABLE_GROUND_TRUTH, VAL_RMSE, Row,
@@ -454,6 +455,10 @@ def save_fraction_plot(path: Path, summary: List[Row], preset: Preset) -> None:
             ax.plot(x, y, marker="o", label=name)
             ax.fill_between(x, y - spread, y + spread, alpha=0.2)
         ax.set_title(title)
+        # Linear near 0 (F = 0 has a point) and logarithmic above: the scarce shares, where the
+        # rows part, would otherwise crowd into the left tenth of the axis.
+        ax.set_xscale("symlog", linthresh=LABEL_FRACTIONS[0])
+        ax.set_xticks([0.0, *LABEL_FRACTIONS, 1.0], ["0", *map("{:g}".format, LABEL_FRACTIONS), "1"])
         ax.set_xlabel("share of training samples with a depth label")
         ax.set_ylabel("test RMSE (m), lower is better")
         ax.legend()
