@@ -172,7 +172,8 @@ def evaluate_checkpoint(
     args.data_root = data_root or args.data_root
     input_key = MODEL_INPUTS[saved["model_name"]]
     ground_truth = args.recipe if ground_truth == RUN_RECIPE else ground_truth
-    data_set = build_dataset(args, resolve_data_root(args, DistContext()), split,
+    root = resolve_data_root(args, DistContext(), replace_world=False)
+    data_set = build_dataset(args, root, split,
                              use_rgb=input_key == "rgb", ground_truth=ground_truth, truth=truth)
     loader = DataLoader(data_set, batch_size=batch_size, num_workers=num_workers)
     scored = MirrorAveraged(model, input_key) if mirror_average else model

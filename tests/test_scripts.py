@@ -179,6 +179,22 @@ def test_evaluate_on_the_dense_truth_of_real_data_stops_in_one_line(
 
 
 @pytest.mark.slow
+def test_evaluate_never_regenerates_another_world_as_the_runs(
+        runs: Dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    ensure_synthetic_world(other, WorldConfig(locations=2, samples=8, height=32, width=32,
+                                              seed=9), progress=False)
+    manifest = (other / "v2.world.json").read_text()
+    with pytest.raises(SystemExit) as error:
+        evaluate.main(["--checkpoint", str(runs["binaural_attention"]), "--data_root", str(other),
+                       "--out", str(tmp_path / "e"), "--num_workers", "0"])
+    message = str(error.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "holds another synthetic world (seed 9 (asked: 0))" in message
+    assert (other / "v2.world.json").read_text() == manifest and not (tmp_path / "e").exists()
+
+
+@pytest.mark.slow
 def test_evaluate_and_predict_refuse_non_finite_weights(
         runs: Dict[str, Path], world: Path, tmp_path: Path) -> None:
     saved = load_checkpoint(runs["binaural_attention"] / BEST_CHECKPOINT)

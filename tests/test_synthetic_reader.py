@@ -95,3 +95,20 @@ def test_a_file_is_not_a_world_holder(tmp_path):
     path.write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         ensure_synthetic_world(path, TINY, workers=1, progress=False)
+
+
+def test_evaluating_never_replaces_another_world(tmp_path):
+    """A finished run's evaluation pointed at a folder holding another world of ours stops in one
+    line naming what differs; training (replace=True) may still regenerate it."""
+    ensure_synthetic_world(tmp_path / "world", TINY, workers=1, progress=False)
+    manifest = (tmp_path / "world" / "v2.world.json").read_text()
+    other = WorldConfig(format="v2", locations=1, samples=3, seed=5, height=8, width=8)
+    with pytest.raises(DataError) as error:
+        ensure_synthetic_world(tmp_path / "world", other, workers=1, progress=False,
+                               replace=False)
+    message = str(error.value)
+    assert "\n" not in message and "seed 0 (asked: 5)" in message
+    assert "--dataset batvisionv2" in message
+    assert (tmp_path / "world" / "v2.world.json").read_text() == manifest
+    ensure_synthetic_world(tmp_path / "world", other, workers=1, progress=False)
+    assert json.loads((tmp_path / "world" / "v2.world.json").read_text())["config"]["seed"] == 5

@@ -47,17 +47,20 @@ SYNTHETIC_CACHE = REPO_ROOT / ".cache" / "synthetic"
 MODEL_INPUTS = {"rgb_depth": RGB, "binaural_attention": AUDIO, "official_unet": AUDIO}
 
 
-def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
+def resolve_data_root(args: argparse.Namespace, context: DistContext,
+                      replace_world: bool = True) -> Path:
     """The folder to hand to the reader; for ``synthetic``, the world, generated when absent.
 
     Resolves ``--dataset auto`` first (:func:`resolve_dataset`). For ``synthetic``,
     ``--data_root`` is the folder that holds the world (default ``.cache/synthetic/<world>/``,
     which this function writes into ``args.data_root`` so the run records it) and the reader root
-    is the world's ``v2/`` folder inside it.
+    is the world's ``v2/`` folder inside it. ``replace_world`` False (evaluating a finished
+    run) stops where the folder holds another world of ours instead of regenerating it.
 
     Raises:
         UsageError: ``--data_root`` missing for a real dataset, or not recognised for ``auto``.
-        DataError: a synthetic world asked for in a folder that holds other things.
+        DataError: a synthetic world asked for in a folder that holds other things (or, with
+            ``replace_world`` False, another world).
     """
     if resolve_dataset(args) != "synthetic":
         if args.data_root is None:
@@ -70,7 +73,8 @@ def resolve_data_root(args: argparse.Namespace, context: DistContext) -> Path:
         digest = sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
         args.data_root = str(SYNTHETIC_CACHE / f"{config.locations}x{config.samples}_{digest[:10]}")
     with main_process_first(context):
-        return Path(ensure_synthetic_world(args.data_root, config, progress=context.is_main))
+        return Path(ensure_synthetic_world(args.data_root, config, progress=context.is_main,
+                                           replace=replace_world))
 
 
 def build_dataset(args: argparse.Namespace, root: Path, split: str, use_rgb: bool,

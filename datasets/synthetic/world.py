@@ -203,7 +203,7 @@ def generate_world(out_dir: "str | os.PathLike[str]", config: WorldConfig, worke
 
 
 def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig = WorldConfig(),
-                           workers: int = 2, progress: bool = True) -> Path:
+                           workers: int = 2, progress: bool = True, replace: bool = True) -> Path:
     """Reuse the world under ``root`` if it was generated with ``config``, else (re)generate it.
 
     Generates only into a ``root`` that is absent, empty or holds a world manifest of this
@@ -214,12 +214,16 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
         root: folder that holds worlds (``<root>/<format>/`` and ``<root>/<format>.world.json``).
         config: the wanted world.
         workers, progress: as ``generate_world``.
+        replace: whether a complete world of another config (or generator version) under
+            ``root`` may be replaced. Evaluating a finished run passes False: a ``--data_root``
+            naming another world must stop, not regenerate that world as the run's.
 
     Returns:
         ``<root>/<format>``: the root to hand to the V1/V2 reader.
 
     Raises:
-        DataError: ``root`` holds something else than worlds of this project.
+        DataError: ``root`` holds something else than worlds of this project, or (``replace``
+            False) a complete world of another config.
     """
     holder = Path(root)
     data = holder / config.format
@@ -240,6 +244,16 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
         if not _is_world_manifest(manifest_path(data)) or not data.is_dir() or data.is_symlink():
             raise DataError(data, f"was not made by this project (no manifest "
                                   f"{manifest_path(data).name} beside it): refusing to replace it")
+        found = _read_manifest(manifest_path(data))
+        if not replace and found is not None and "stats" in found:
+            had, wanted = dict(found["config"]), config.to_dict()
+            had["generator version"], wanted["generator version"] = found["version"], WORLD_VERSION
+            differing = ", ".join(f"{key} {had.get(key)} (asked: {wanted.get(key)})"
+                                  for key in sorted(set(had) | set(wanted))
+                                  if had.get(key) != wanted.get(key))
+            raise DataError(data, f"holds another synthetic world ({differing}): not replacing "
+                                  f"it; read it as a plain tree with --dataset batvisionv2 "
+                                  f"--data_root {data}")
         shutil.rmtree(data)  # stale or incomplete, and ours: its manifest says so
     generate_world(data, config, workers=workers, progress=progress)
     return data
