@@ -176,8 +176,9 @@ def _fraction_rows(fraction: float) -> Tuple[Experiment, ...]:
 
 LABELS_ROWS = (
     TEACHER_ROW,
-    Experiment(RICH_TEACHER, "RGB teacher of other rooms (teacher-rich)", "teacher", "teacher",
-               "teacher", companion_world=True),
+    # Scored like every row on the test split of the world it trained on: the companion world.
+    Experiment(RICH_TEACHER, "RGB teacher of other rooms (teacher-rich; scored on its own "
+               "world's test split)", "teacher", "teacher", "teacher", companion_world=True),
     *(row for fraction in LABEL_FRACTIONS for row in _fraction_rows(fraction)),
     AUDIO_ROW,
     Experiment("kd_strict_f1", "KD from the teacher, 100% labelled", "kd", "kd", "kd",
