@@ -227,8 +227,8 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
     """
     holder = Path(root)
     data = holder / config.format
-    if data.is_dir() and _manifest_matches(manifest_path(data), config):
-        manifest = _read_manifest(manifest_path(data))
+    manifest = _read_manifest(manifest_path(data))
+    if data.is_dir() and _manifest_matches(manifest, config):
         if not manifest.get(COMPLETE_DEPTH):
             add_complete_depth(data, config, progress=progress)
             _write_manifest(data, {**manifest, COMPLETE_DEPTH: True})
@@ -241,13 +241,13 @@ def ensure_synthetic_world(root: "str | os.PathLike[str]", config: WorldConfig =
                                     "(*.world.json): refusing to generate a world into it; give "
                                     "an empty or new folder, or the dataset it holds")
     if data.exists() or data.is_symlink():
-        if not _is_world_manifest(manifest_path(data)) or not data.is_dir() or data.is_symlink():
+        if manifest is None or not data.is_dir() or data.is_symlink():
             raise DataError(data, f"was not made by this project (no manifest "
                                   f"{manifest_path(data).name} beside it): refusing to replace it")
-        found = _read_manifest(manifest_path(data))
-        if not replace and found is not None and "stats" in found:
-            had, wanted = dict(found["config"]), config.to_dict()
-            had["generator version"], wanted["generator version"] = found["version"], WORLD_VERSION
+        if not replace and "stats" in manifest:
+            had, wanted = dict(manifest["config"]), config.to_dict()
+            had["generator version"], wanted["generator version"] = (manifest["version"],
+                                                                     WORLD_VERSION)
             differing = ", ".join(f"{key} {had.get(key)} (asked: {wanted.get(key)})"
                                   for key in sorted(set(had) | set(wanted))
                                   if had.get(key) != wanted.get(key))
@@ -269,8 +269,7 @@ def add_complete_depth(out_dir: "str | os.PathLike[str]", config: WorldConfig,
     """
     out = Path(out_dir)
     writer = V2Writer(out) if config.format == "v2" else V1Writer(out)
-    camera = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
-                         max_range_m=config.camera_range_m)
+    camera = _camera(config)
     plan = [s for loc in range(config.locations) for s in _plan_location(config, loc)]
     for planned in tqdm(plan, disable=not progress, desc="complete depth", unit="sample"):
         scene = sample_scene(_location_style(config, planned.location),
@@ -302,9 +301,9 @@ def _is_world_manifest(path: Path) -> bool:
     return _read_manifest(path) is not None
 
 
-def _manifest_matches(path: Path, config: WorldConfig) -> bool:
-    """Whether ``path`` vouches for a complete world of ``config`` (version, config and stats)."""
-    manifest = _read_manifest(path)
+def _manifest_matches(manifest: Optional[Dict[str, object]], config: WorldConfig) -> bool:
+    """Whether ``manifest`` (:func:`_read_manifest`) vouches for a complete world of ``config``
+    (version, config and stats)."""
     return (manifest is not None and "stats" in manifest
             and manifest["version"] == WORLD_VERSION and manifest["config"] == config.to_dict())
 
@@ -359,8 +358,13 @@ def _init_worker(config: WorldConfig) -> None:
     _SIMULATOR = EchoSimulator(ears=config.ears, ear_spacing_m=config.ear_spacing_m,
                                ear_angle_deg=config.ear_angle_deg, max_order=config.max_order,
                                snr_db=config.snr_db, realism=ACOUSTIC_MODELS[config.acoustics])
-    _CAMERA = DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
-                          max_range_m=config.camera_range_m, holes=config.holes)
+    _CAMERA = _camera(config)
+
+
+def _camera(config: WorldConfig) -> DepthCamera:
+    """The world's depth camera (its size, field of view, range and hole model)."""
+    return DepthCamera(config.height, config.width, hfov_deg=config.hfov_deg,
+                       max_range_m=config.camera_range_m, holes=config.holes)
 
 
 @lru_cache(maxsize=None)

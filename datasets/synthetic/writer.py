@@ -121,11 +121,41 @@ def _write_csv(path: Path, columns: Tuple[str, ...], rows: List[Dict[str, object
             writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
-class V2Writer:
-    """Writes recordings location by location in the V2 layout; call ``close()`` to write CSVs."""
+class _Writer:
+    """What the two layouts share: a sample's depth maps, the sensor's and the complete one,
+    written in the layout's encoding (``encode_depth``) at the layout's ``depth_path``."""
+
+    encode_depth: Callable[[np.ndarray], np.ndarray]
 
     def __init__(self, root: "str | os.PathLike[str]") -> None:
         self.root = Path(root)
+
+    def depth_path(self, location: str, index: int, time: float) -> Path:
+        """The sensor depth map file of a sample."""
+        raise NotImplementedError
+
+    def add_complete_depth(self, location: str, index: int, time: float,
+                           complete_mm: np.ndarray) -> None:
+        """Write the complete depth of a sample written earlier, atomically (a world made before
+        dense truth existed gets it added; two processes adding it write the same bytes)."""
+        write_depth(dense_depth_path(self.depth_path(location, index, time)), complete_mm,
+                    self.encode_depth, atomic=True)
+
+    def _write_depths(self, depth_path: Path, rec: Recording) -> None:
+        """The recording's sensor depth at ``depth_path``, and its complete depth when it has
+        one."""
+        write_depth(depth_path, rec.depth_mm, self.encode_depth)
+        if rec.complete_depth_mm is not None:
+            write_depth(dense_depth_path(depth_path), rec.complete_depth_mm, self.encode_depth)
+
+
+class V2Writer(_Writer):
+    """Writes recordings location by location in the V2 layout; call ``close()`` to write CSVs."""
+
+    encode_depth = staticmethod(v2_depth)
+
+    def __init__(self, root: "str | os.PathLike[str]") -> None:
+        super().__init__(root)
         self._rows: Dict[Tuple[str, str], List[Dict[str, object]]] = {}
 
     def add(self, location: str, split: str, index: int, rec: Recording) -> None:
@@ -147,9 +177,7 @@ class V2Writer:
         audio_name, camera_name = f"audio_{index}.wav", f"camera_{index}.jpeg"
         depth_path = self.depth_path(location, index, rec.time)
         write_wav_int32(loc / "audio" / audio_name, rec.audio)
-        write_depth(depth_path, rec.depth_mm, v2_depth)
-        if rec.complete_depth_mm is not None:
-            write_depth(dense_depth_path(depth_path), rec.complete_depth_mm, v2_depth)
+        self._write_depths(depth_path, rec)
         write_jpeg(loc / "camera" / camera_name, rec.rgb)
         t = float(rec.time)
         self._rows.setdefault((location, split), []).append({
@@ -165,13 +193,6 @@ class V2Writer:
         """The sensor depth map file of a sample (``time`` is not part of a V2 name)."""
         return self.root / location / "depth" / f"depth_{index}.npy"
 
-    def add_complete_depth(self, location: str, index: int, time: float,
-                           complete_mm: np.ndarray) -> None:
-        """Write the complete depth of a sample written earlier, atomically (a world made before
-        dense truth existed gets it added; two processes adding it write the same bytes)."""
-        write_depth(dense_depth_path(self.depth_path(location, index, time)), complete_mm,
-                    v2_depth, atomic=True)
-
     def close(self) -> None:
         """Write every location's three split CSVs (empty ones included, as the loader needs all)."""
         locations = sorted({loc for loc, _ in self._rows})
@@ -181,11 +202,13 @@ class V2Writer:
                 _write_csv(self.root / location / f"{split}.csv", V2_COLUMNS, rows)
 
 
-class V1Writer:
+class V1Writer(_Writer):
     """Writes recordings in the V1 layout; call ``close()`` to write the three root CSVs."""
 
+    encode_depth = staticmethod(v1_depth)
+
     def __init__(self, root: "str | os.PathLike[str]") -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self._rows: Dict[str, List[Dict[str, object]]] = {s: [] for s in SPLITS}
 
     def add(self, location: str, split: str, index: int, rec: Recording) -> None:
@@ -202,9 +225,7 @@ class V1Writer:
         camera_rel = f"{location}/camera/{stamp}_left.jpeg"
         np.save(self.root / left, rec.audio[0].astype(np.float32))
         np.save(self.root / right, rec.audio[1].astype(np.float32))
-        write_depth(depth_path, rec.depth_mm, v1_depth)
-        if rec.complete_depth_mm is not None:
-            write_depth(dense_depth_path(depth_path), rec.complete_depth_mm, v1_depth)
+        self._write_depths(depth_path, rec)
         write_jpeg(self.root / camera_rel, rec.rgb)
         self._rows[split].append({
             "time": float(rec.time), "camera path left": camera_rel, "depth path": depth_rel,
@@ -214,12 +235,6 @@ class V1Writer:
     def depth_path(self, location: str, index: int, time: float) -> Path:
         """The sensor depth map file of a sample."""
         return self.root / location / "depth" / f"{_v1_stamp(index, time)}.npy"
-
-    def add_complete_depth(self, location: str, index: int, time: float,
-                           complete_mm: np.ndarray) -> None:
-        """As :meth:`V2Writer.add_complete_depth`."""
-        write_depth(dense_depth_path(self.depth_path(location, index, time)), complete_mm,
-                    v1_depth, atomic=True)
 
     def close(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
