@@ -262,11 +262,28 @@ class Preset:
     dense_truth: bool = False
     flags: Tuple[str, ...] = ()
 
+    def realism(self) -> Dict[str, str]:
+        """The world's opt-in realism that is not the default: option → value
+        (``datasets.registry.WORLD_OPTIONS``; a run gets ``--synthetic_<option> <value>``)."""
+        return {name: getattr(self, f"synthetic_{name}") for name, values in WORLD_OPTIONS.items()
+                if getattr(self, f"synthetic_{name}") != values[0]}
+
     def companion(self) -> "Preset":
         """This preset on its companion world (:data:`COMPANION_WORLD_OFFSET`), where the rows
         of :attr:`Experiment.companion_world` train."""
         return dataclasses.replace(
             self, synthetic_seed=self.synthetic_seed + COMPANION_WORLD_OFFSET)
+
+
+# Distillation where the teacher knows what the labels don't: the quick sizes, 3 seeds, every
+# label fraction (training/labels.py). A run that reads only the labelled share trains
+# 1 / F as many epochs, so every row takes the same optimiser steps.
+LABELS = Preset(
+    description="synthetic world at 64x64, label-scarce distillation",
+    dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_ROWS,
+    goals="labels", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
+    student_epochs=8, max_depth=15.0, synthetic_size=64, dense_truth=True,
+    flags=("--num_workers", "0", "--num_val_images", "0"))
 
 
 PRESETS: Dict[str, Preset] = {
@@ -299,23 +316,13 @@ PRESETS: Dict[str, Preset] = {
         goals="standard", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
         student_epochs=8, max_depth=15.0, synthetic_size=64,
         flags=("--num_workers", "0", "--num_val_images", "0")),
-    # Distillation where the teacher knows what the labels don't: the quick sizes, 3 seeds, every
-    # label fraction (training/labels.py). A run that reads only the labelled share trains
-    # 1 / F as many epochs, so every row takes the same optimiser steps.
-    "labels": Preset(
-        description="synthetic world at 64x64, label-scarce distillation",
-        dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_ROWS,
-        goals="labels", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
-        student_epochs=8, max_depth=15.0, synthetic_size=64, dense_truth=True,
-        flags=("--num_workers", "0", "--num_val_images", "0")),
+    "labels": LABELS,
     # The labels table's goal rows at the config files' benchmark size (128x128, 20 epochs): a
     # GPU's work (21 runs per world, each ~20 min on the 2-core CPU).
-    "labels_benchmark": Preset(
-        description="synthetic world at 128x128, label-scarce distillation, the goal rows",
-        dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_BENCHMARK_ROWS,
-        goals="labels", seeds=3, image_size=128, batch_size=8, teacher_epochs=20,
-        student_epochs=20, max_depth=15.0, synthetic_size=128, dense_truth=True,
-        flags=("--num_workers", "0", "--num_val_images", "0")),
+    "labels_benchmark": dataclasses.replace(
+        LABELS, description="synthetic world at 128x128, label-scarce distillation, the goal "
+        "rows", experiments=LABELS_BENCHMARK_ROWS, image_size=128, teacher_epochs=20,
+        student_epochs=20, synthetic_size=128),
     # Real BatVision V2 on a GPU, the official training length.
     "full": Preset(
         description="BatVision V2 (real recordings), 256x256, official training length",
@@ -323,6 +330,8 @@ PRESETS: Dict[str, Preset] = {
         goals="standard", seeds=3, image_size=256, batch_size=64, teacher_epochs=80,
         student_epochs=80, flags=("--num_workers", "8")),
 }
+
+
 def _one_of(values: Tuple[str, ...]) -> Callable[[str], str]:
     """argparse type accepting one of ``values`` (a size field's type, where choices cannot go)."""
     def parse(text: str) -> str:

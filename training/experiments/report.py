@@ -17,7 +17,6 @@ from matplotlib.figure import Figure
 from torch.utils.data import default_collate
 
 from datasets.batvision import spread_indices
-from datasets.registry import WORLD_OPTIONS
 from datasets.sample import AUDIO, DEPTH, RGB
 from training.checkpoint import CONFIG_FILE, Checkpoint, atomic_write, load_checkpoint, load_model
 from training.data import build_dataset, resolve_data_root
@@ -387,9 +386,7 @@ def world_line(preset: Preset) -> str:
     """What the preset's synthetic world is for (:data:`DEVELOPMENT_WORLDS`,
     :data:`REPORT_WORLDS`), and its realism where it is not the default."""
     seed = preset.synthetic_seed
-    realism = [f"`--synthetic_{name} {getattr(preset, f'synthetic_{name}')}`"
-               for name, values in WORLD_OPTIONS.items()
-               if getattr(preset, f"synthetic_{name}") != values[0]]
+    realism = [f"`--synthetic_{name} {value}`" for name, value in preset.realism().items()]
     if seed in DEVELOPMENT_WORLDS:
         purpose = "a development world: choices are made here, on validation RMSE"
     elif seed in REPORT_WORLDS:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from common.errors import UsageError
-from datasets.registry import WORLD_OPTIONS
 from training import cli
 from training.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint
 from training.data import REPO_ROOT, resolve_data_root
@@ -139,9 +138,8 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
                  "--synthetic_samples", str(preset.synthetic_samples),
                  "--synthetic_size", str(preset.synthetic_size),
                  "--synthetic_seed", str(world_seed)]
-        argv += [flag for name, values in WORLD_OPTIONS.items()
-                 if getattr(preset, f"synthetic_{name}") != values[0]
-                 for flag in (f"--synthetic_{name}", getattr(preset, f"synthetic_{name}"))]
+        argv += [flag for name, value in preset.realism().items()
+                 for flag in (f"--synthetic_{name}", value)]
     if preset.max_depth is not None:
         argv += ["--max_depth", str(preset.max_depth)]
     fraction = experiment.fraction_in(preset)
@@ -300,7 +298,7 @@ def world_root(preset: Preset, data_root: Optional[str]) -> str:
         synthetic_locations=preset.synthetic_locations,
         synthetic_samples=preset.synthetic_samples, synthetic_size=preset.synthetic_size,
         synthetic_seed=preset.synthetic_seed,
-        **{f"synthetic_{name}": getattr(preset, f"synthetic_{name}") for name in WORLD_OPTIONS})
+        **{f"synthetic_{name}": value for name, value in preset.realism().items()})
     resolve_data_root(args, DistContext())
     return str(Path(args.data_root).resolve())
 
