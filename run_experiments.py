@@ -14,6 +14,10 @@ Presets (the rows, config files and sizes live in training/experiments/presets.p
                preprocessing), our student's preprocessing, depth KD, the gated distillation and
                its controls; run it on the development worlds (--synthetic_seed 0 and 1) and
                decide on validation RMSE.
+  report       the headline rows at the development sizes (64x64, 3 seeds): the recipe cells,
+               depth KD, the gated distillation and its controls, without the screening; run it
+               on the report worlds (--synthetic_seed 2 and 3): the largest headline table the
+               2-core CPU allows (about 40 minutes per world with --jobs 2).
   labels       label-scarce distillation (64x64, 3 seeds): for each share F of labelled
                training samples (0.05, 0.1, 0.25, 1) an audio-only student, KD from a strict
                teacher (the same labelled samples) and KD from a teacher-rich teacher (RGB-depth

@@ -4,6 +4,7 @@ standard-shaped smoke run."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import runpy
 import sys
@@ -594,6 +595,20 @@ def test_the_labels_benchmark_holds_the_goal_rows_with_their_teachers() -> None:
             assert names.index(e.teacher) < names.index(e.name)
     assert (preset.image_size, preset.student_epochs, preset.dense_truth) == (128, 20, True)
     assert preset.goals == "labels"
+
+
+def test_the_report_preset_is_the_claims_rows_at_the_development_sizes() -> None:
+    report, development = presets.PRESETS["report"], presets.PRESETS["development"]
+    rows = {e.name for e in report.experiments}
+    # Every claimed row and every control it is measured against, and no screening row.
+    for e in report.experiments:
+        assert set(e.controls) <= rows
+    assert {presets.OFFICIAL_UNET, presets.OFFICIAL_TUNED, AUDIO_ONLY, presets.STUDENT_OFFICIAL,
+            "kd", "kd_gated"} <= rows
+    assert rows < {e.name for e in development.experiments}
+    assert not rows & {e.name for e in presets.UNET_SCREEN_ROWS + presets.STUDENT_SCREEN_ROWS}
+    assert dataclasses.replace(report, experiments=(), description="") == dataclasses.replace(
+        development, experiments=(), description="")
 
 
 def test_labels_goal_lines_on_hand_made_numbers() -> None:
