@@ -14,11 +14,12 @@ import torch
 import train_distillation
 import train_rgb_depth
 from datasets.batvision import _BatvisionDataset
+from common.errors import UsageError
 from datasets.sample import DEPTH, VALID
 from tests.conftest import parse, stop_message, train_argv, write_v2_tree
 from training.checkpoint import LAST_CHECKPOINT, load_checkpoint
 from training.cli import parse_script_argv
-from training.data import build_data
+from training.data import build_data, median_valid_depth
 from training.device import DistContext
 from training.experiments import presets, runs
 from training.labels import WithoutDepth, labelled_indices, subset_fingerprint
@@ -80,6 +81,19 @@ def test_only_the_train_split_loses_labels(tmp_path: Path) -> None:
     # The subset is part of the data fingerprint; all-labelled runs keep their old one.
     assert kd.data_fingerprint != full.data_fingerprint
     assert student.data_fingerprint == kd.data_fingerprint
+
+
+def test_the_head_starts_at_the_labelled_samples_median_in_every_script(tmp_path: Path) -> None:
+    root = write_v2_tree(tmp_path / "bv2", counts={"train": 20, "val": 2, "test": 1})
+    _, kd = _built(root, "kd", "--labelled_fraction", "0.1")
+    _, student = _built(root, "student", "--labelled_fraction", "0.1")
+    # Few picks over every sample would find about 10 % of them labelled: the distillation
+    # student would start its head elsewhere than its audio-only control.
+    assert median_valid_depth(kd.train_loader.dataset, max_samples=8) == median_valid_depth(
+        student.train_loader.dataset, max_samples=8)
+    _, none = _built(root, "kd", "--labelled_fraction", "0")
+    with pytest.raises(UsageError, match="no valid depth pixel in 0 labelled training samples"):
+        median_valid_depth(none.train_loader.dataset)
 
 
 def test_no_labelled_sample_is_refused_outside_distillation(tmp_path: Path) -> None:

@@ -330,17 +330,23 @@ def mirror_flags(batch_size: int, seed: int, global_step: int, rank: int) -> tor
 
 def median_valid_depth(dataset: Dataset, max_samples: int = 64) -> float:
     """Median ground-truth depth in metres over the valid pixels of up to ``max_samples`` samples
-    spread evenly over ``dataset`` (the student's ``--head_init_depth median``).
+    spread evenly over ``dataset`` (the student's ``--head_init_depth median``); of a partially
+    labelled split, over its labelled samples alone.
 
     Raises:
         UsageError: no valid pixel in the samples read.
     """
+    if isinstance(dataset, WithoutDepth):
+        # Picks spread over every sample would hit about F x max_samples labelled ones: the
+        # distillation script's head would start elsewhere than its audio-only control's.
+        dataset = dataset.labelled_only()
     picks = spread_indices(len(dataset), max_samples)
     depths = [dataset[int(i)][DEPTH] for i in picks]
-    valid = torch.cat([d[d > 0] for d in depths])
+    valid = torch.cat([d[d > 0] for d in depths]) if depths else torch.empty(0)
     if valid.numel() == 0:
-        raise UsageError(f"no valid depth pixel in {len(picks)} training samples: cannot "
-                         "initialise the depth head at their median")
+        raise UsageError(f"no valid depth pixel in {len(picks)} labelled training samples: "
+                         "cannot initialise the depth head at their median (--head_init_depth "
+                         "none, or a depth in metres)")
     return float(valid.median())
 
 

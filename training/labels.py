@@ -19,7 +19,7 @@ from hashlib import sha256
 from typing import Dict, List, Sequence, Set
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from datasets.sample import DEPTH, VALID, Sample
 
@@ -75,6 +75,12 @@ class WithoutDepth(Dataset):
     def __init__(self, dataset: Dataset, labelled: Sequence[int]) -> None:
         self.dataset = dataset
         self.labelled: Set[int] = set(labelled)
+
+    def labelled_only(self) -> Dataset:
+        """The labelled samples alone, in the split's order: what the scripts that learn from
+        labels only train on (so statistics of the labels, e.g. the head's initial depth, are
+        drawn from the same samples in every script)."""
+        return Subset(self.dataset, sorted(self.labelled))
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
