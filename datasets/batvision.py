@@ -352,7 +352,8 @@ class _BatvisionDataset(Dataset):
             raise DataError(dense_depth_path(self.records[0].depth_path),
                             "no complete depth beside the sensor's depth map: dense truth exists "
                             "only in simulated worlds (real recordings have holes and nothing "
-                            "behind them); score against the sensor's depth instead")
+                            "behind them); score against the sensor's depth instead (evaluate.py "
+                            "--truth sensor, the default)")
         self._cache: Optional[SampleCache] = None
         if cache_dir is not None:
             params = {

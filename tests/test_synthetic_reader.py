@@ -58,6 +58,7 @@ def test_dense_truth_on_data_without_it_stops_naming_the_missing_file(tmp_path, 
         BatvisionV2Dataset(root, "test", image_size=8, truth="dense")
     message = str(error.value)
     assert "\n" not in message and "depth_dense" in message and "simulated worlds" in message
+    assert "--truth sensor" in message
 
 
 def _listing(root: Path) -> List[Tuple[str, int]]:
