@@ -56,8 +56,8 @@ def read_json(path: Path) -> Optional[Dict[str, Any]]:
     return loaded if isinstance(loaded, dict) else None
 
 
-def evaluate_run(spec: RunSpec, setup: Setup,
-                 truth: str = "sensor") -> Tuple[Dict[str, Any], Checkpoint]:
+def evaluate_run(spec: RunSpec, setup: Setup, checkpoint: Checkpoint,
+                 truth: str = "sensor") -> Dict[str, Any]:
     """Test metrics of the run's scored checkpoint (``evaluate.py``, on the ground truth of
     :data:`TABLE_GROUND_TRUTH`), reused while the recorded checkpoint and test-split fingerprints
     match the files now on disk, the ground truth is that recipe's and ``truth``'s depth, the
@@ -67,16 +67,16 @@ def evaluate_run(spec: RunSpec, setup: Setup,
     Args:
         spec: the trained run.
         setup: launches ``evaluate.py`` (its device, threads and log).
+        checkpoint: the run's scored checkpoint, loaded (``spec.scored_checkpoint``).
         truth: ``sensor`` depth maps or the world's ``dense`` (complete) depth.
 
     Returns:
-        ``(metrics.json contents, the scored checkpoint)``.
+        The ``metrics.json`` contents.
 
     Raises:
         TrainingError: ``evaluate.py`` failed or wrote no metrics.
     """
     checkpoint_path = spec.scored_checkpoint
-    checkpoint = load_checkpoint(checkpoint_path)
     wanted = {"checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
               "data_fingerprint": run_test_fingerprint(checkpoint["args"], truth),
               "ground_truth": TABLE_GROUND_TRUTH}
@@ -89,7 +89,7 @@ def evaluate_run(spec: RunSpec, setup: Setup,
             and set(PROTOCOLS) <= set(protocol_results(result))):
         print(f"[reuse] {out}: evaluation of this checkpoint on this test split and ground "
               "truth")
-        return result, checkpoint
+        return result
     setup.launch(EVALUATE_SCRIPT, [
         "--checkpoint", str(checkpoint_path), "--split", "test", "--out", str(out),
         "--batch_size", str(4 * setup.preset.batch_size), "--num_workers", "0",
@@ -100,7 +100,7 @@ def evaluate_run(spec: RunSpec, setup: Setup,
     result = read_json(out / METRICS_FILE)
     if result is None:
         raise TrainingError(f"{out / METRICS_FILE}: {EVALUATE_SCRIPT} wrote no metrics")
-    return result, checkpoint
+    return result
 
 
 def protocol_results(result: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
@@ -165,7 +165,8 @@ def score_run(spec: RunSpec, setup: Setup) -> Row:
         cell, ``n_images``, ``params``, ``train_seconds`` and ``run_dir``; with the preset's
         :attr:`Preset.dense_truth`, the :data:`DENSE_COLUMNS` too.
     """
-    result, checkpoint = evaluate_run(spec, setup)
+    checkpoint = load_checkpoint(spec.scored_checkpoint)
+    result = evaluate_run(spec, setup, checkpoint)
     row = {"experiment": spec.experiment.name, "label": spec.experiment.label,
            "seed": spec.seed,
            "scored": f"{spec.experiment.scored} (epoch {checkpoint['epoch']})",
@@ -174,7 +175,7 @@ def score_run(spec: RunSpec, setup: Setup) -> Row:
            "params": parameter_count(checkpoint),
            "train_seconds": round(training_seconds(spec.run_dir), 2), "run_dir": str(spec.run_dir)}
     if setup.preset.dense_truth:
-        dense, _ = evaluate_run(spec, setup, truth="dense")
+        dense = evaluate_run(spec, setup, checkpoint, truth="dense")
         row.update({DENSE_RMSE: dense.get("rmse"), HOLES_RMSE: dense["holes"].get("rmse")})
     return row
 
