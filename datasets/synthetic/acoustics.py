@@ -23,22 +23,33 @@ adds what separates a real BatVision V2 recording from that, each part for a phy
   axis, -18 dB in the beam) and hear it through their pinnae's shadow (a further constant cut):
   the loudest arrival of a real recording is an echo (its envelope peaks 8.6 ms after the onset),
   not the direct path.
+- Diffuse reflection. At the chirp's wavelengths (3-17 cm above 2 kHz) furniture, shelves,
+  frames and fixtures are rough: each reflection scatters a share of its energy in all directions
+  instead of mirroring it. The image sources keep the specular rest; the first-order scattered
+  energy is cast along rays from the speaker, each patch in view sending back its Lambert share
+  at its own distance (a surface's echo lasts as long as the surface is deep, not one mirror
+  point's instant); the scattered share of orders 2 and 3 joins the tail.
+- The rig's echo. The rig's front (speaker, microphones, camera and their mount) reflects what
+  comes back to it, so a robot facing a wall hears the wall again at twice its delay, as any
+  sonar near a target does: a small flat reflector's gain (area over wavelength), at most a
+  plane mirror's.
 - A reverberant tail. Three image-source orders leave a room silent after ~50 ms; a real office
   still rings at -30 dB at 100 ms. The tail is stochastic (Polack's model): per ear, Gaussian noise
   whose expected energy per sample is the diffuse field's, ``4 pi c / (V fs)`` in the units of the
   image sources' ``1 / r`` amplitudes, times the ears' and the speaker's mean squared directivity,
   decaying at the room's Eyring RT60 (volume, exposed surface areas and absorption of the scene,
-  plus air absorption), and faded in as the share of reflections the image sources leave out: a
-  ray's number of reflections after time t is about Poisson with mean ``c t / (4 V / S)``, and
-  the image sources hold those of order <= ``max_order``. The tail therefore has no free level
-  constant; in an empty 5 x 4 x 3 m room it lies within 1 dB of a 40th-order image-source
-  simulation from 20 ms on. pyroomacoustics' hybrid simulator (image sources + ray tracing, air
-  absorption) was measured instead, over five rooms of each family: 0.33 s per recording (0.15 s
-  in small rooms and corridors, 0.67 s in halls) against 0.010 s for the whole realistic
-  recording (0.005 s for the ideal one), which would take the default world (1,200 samples, two
-  workers) from ~15 s to ~3.5 min; it also refuses directional ears and draws its rays from its
-  own random generator (two runs of one scene differ), which would break the world's
-  determinism.
+  air absorption and the absorption the scenes leave out), and faded in as the share of
+  reflections the image sources leave out: a ray's number of reflections after time t is about
+  Poisson with mean ``c t / (4 V / S)``, and the image sources hold the specular share of those
+  of order <= ``max_order``. The tail's level follows from diffuse-field theory (in an empty
+  5 x 4 x 3 m room without scattering it lies within 1 dB of a 40th-order image-source
+  simulation from 20 ms on), lowered by a constant fitted to the real recording.
+  pyroomacoustics' hybrid simulator (image sources + ray tracing, air absorption) was measured
+  instead, over five rooms of each family: 0.33 s per recording (0.15 s in small rooms and
+  corridors, 0.67 s in halls) against 0.012 s for the whole realistic recording (0.005 s for the
+  ideal one), which would take the default world (1,200 samples, two workers) from ~15 s to
+  ~3.5 min; it also refuses directional ears and draws its rays from its own random generator
+  (two runs of one scene differ), which would break the world's determinism.
 - Room noise. Occupied buildings hum (ventilation, electronics): noise falling 6 dB per octave
   above 500 Hz, at a fixed level for the world, on top of the sensor noise. A real recording's
   envelope sits at -38 dB of its peak before the chirp arrives and is back there by 170 ms.
@@ -48,8 +59,9 @@ function of its config and seed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pyroomacoustics as pra
@@ -59,6 +71,7 @@ from scipy.signal import butter, chirp, fftconvolve, sosfilt
 from scipy.signal.windows import tukey
 from scipy.special import gammainc
 
+from .camera import first_hits
 from .scene import RigPose, Scene
 from .writer import SAMPLE_RATE, V2_WAV_FRAMES
 
@@ -76,22 +89,45 @@ AIR_ABSORPTION_PER_M = 0.018
 # Room noise: white noise through a first-order low-pass here (NC curves fall ~5-6 dB/octave).
 ROOM_NOISE_CORNER_HZ = 500.0
 FILTER_SETTLE_S = 0.005  # filters' start-up samples dropped, and room left for the chirp's ringing
+# Rays the speaker's diffuse reflections are cast along: 0.006 sr each, 8 cm apart on a wall 1 m
+# away, finer than the heard chirp smears them (its band lasts ~1.8 ms, 0.6 m of path).
+BACKSCATTER_RAYS = 2048
 
 
 @dataclass(frozen=True)
 class Realism:
     """Constants of the ``realistic`` acoustic model (the module docstring says why each exists).
 
-    The defaults are physical estimates except three, each calibrated on one statistic of a real
+    The defaults are physical estimates except five, each fitted to statistics of one real
     BatVision V2 recording (``datasets/reference/batvision_v2_real.json``, measured with
-    ``datasets.stats`` on worlds of the three room families): ``latency_s`` on the onset
-    (6.1 ms), ``direct_path_db`` on the envelope peak (14.7 ms: an echo must outshine the direct
-    path), ``room_noise_db`` on the level before the onset (-37.8 dB). The tail's level is not
-    calibrated: it follows from the rooms, and with today's room families it sits ~5 dB above
-    the real recording's at 50-100 ms (-18.6 and -25.1 dB against -23.9 and -31.3 on a world of
-    3 x 40 samples). The real recording faces a surface ~1 m away (median depth 1.03 m, ours
-    1.5 m), whose echo outshines the tail; our samples with a median depth under 1.3 m match it
-    (-22.7 and -29.0 dB, 37 of 120).
+    ``datasets.stats`` on the measurement world of RGB_DEPTH_README.md, "The simulated world
+    against one real recording": 7 locations x 20 samples at 64 x 64, all three realism options,
+    seed 0; the figures below are that world's medians):
+
+    - ``latency_s`` on the onset (6.1 ms) and the envelope peak (14.7 ms) together. They lie
+      8.6 ms apart in the recording and ~6.5 ms apart in our world, whose robot stands nearer
+      the surface it faces; 7 ms leaves both ~1 ms off (7.2 and 13.6 ms).
+    - ``direct_path_db`` on the peak: an echo must outshine the direct path.
+    - ``room_noise_db`` on the level before the onset (-37.8 dB; ours -39.9).
+    - ``tail_level_db`` on the envelope at 50 ms (-23.9 dB; ours -23.2, -18.7 without it).
+      Diffuse-field theory (within 1 dB of image sources in an empty room) puts our tail 5 dB
+      higher against the peak than the recording's. One recording cannot tell the candidates
+      apart: a larger room or one deader at these frequencies than our median one, the robot's
+      body shielding speaker and ears from part of the diffuse field, a field that is not yet
+      diffuse near the surface the robot faces.
+    - ``unmodelled_absorption_per_m`` on the envelope at 100 and 170 ms (-31.3 and -37.2 dB;
+      ours -30.4 and -35.9, without it -27.2 and -32.7). Once its noise is taken out, the
+      recording's tail falls 8.3 dB from 50 to 100 ms, an RT60 of ~0.36 s at the chirp's
+      frequencies; air and our rooms' coefficients alone give a median Eyring RT60 of 0.57 s,
+      with the constant 0.41 s. Part of it has a physical reading (air at 30 % humidity takes
+      0.022-0.026 per metre of the heard chirp by ISO 9613-1, not 0.018; occupants, chairs and
+      the clutter on shelves and desks absorb most at these frequencies and stand spread through
+      the volume, as in Kuttruff's fitted rooms); its size is a fit.
+
+    ``scattering`` and ``rig_echo_m`` are estimates taken at the top of their plausible ranges,
+    because the envelope at 20 ms (-8.1 dB: the recording's strong early reflections; ours
+    -12.2) needs both: without scattering it is -15.5 dB, without the rig's echo -16.2, without
+    both -20.5 (the tolerance is 5 dB).
 
     Attributes:
         latency_s: delay between the recording's start and the chirp's emission, seconds.
@@ -102,14 +138,27 @@ class Realism:
         mic_lowpass_hz: the microphones' top roll-off (2nd-order low-pass), Hz.
         direct_path_db: the pinnae's shadow on the direct path, dB (on top of the beam's cut).
         room_noise_db: room noise RMS, dB below the direct path's RMS as the ears record it.
+        scattering: share of each reflection's energy the surfaces scatter diffusely, at the
+            chirp's frequencies (room-acoustic simulation takes ~0.05-0.2 for plain walls and up
+            to 0.5-0.7 for furniture, shelves and fixtures there).
+        rig_echo_m: the reflection gain of the rig's front, metres: area over wavelength, ~1 m
+            for ~0.05 m^2 (speaker, microphones, camera and their mount) at the heard chirp's
+            ~5 cm.
+        unmodelled_absorption_per_m: the reverberant field's energy loss per metre of travel on
+            top of air's (``AIR_ABSORPTION_PER_M``), 1/m.
+        tail_level_db: the tail's level against diffuse-field theory, dB.
     """
 
-    latency_s: float = 0.006
+    latency_s: float = 0.007
     speaker_beam: float = 3.0
     speaker_highpass_hz: float = 300.0
     mic_lowpass_hz: float = 12_000.0
-    direct_path_db: float = -8.0
-    room_noise_db: float = 29.0
+    direct_path_db: float = -10.0
+    room_noise_db: float = 26.0
+    scattering: float = 0.5
+    rig_echo_m: float = 1.0
+    unmodelled_absorption_per_m: float = 0.028
+    tail_level_db: float = -5.0
 
 
 # Acoustic model name -> its realism (None: the ideal simulator of the module docstring).
@@ -172,7 +221,8 @@ def room_acoustics(scene: Scene,
 
 
 def reverberant_tail(room: RoomAcoustics, frames: int, max_order: int, diffuse_gain: float,
-                     rng: np.random.Generator, fs: int = SAMPLE_RATE) -> np.ndarray:
+                     rng: np.random.Generator, fs: int = SAMPLE_RATE,
+                     scattering: float = 0.0) -> np.ndarray:
     """The late part of two ears' impulse responses: the reflections image sources leave out.
 
     Args:
@@ -182,6 +232,10 @@ def reverberant_tail(room: RoomAcoustics, frames: int, max_order: int, diffuse_g
         diffuse_gain: the ears' mean squared directivity over all directions.
         rng: source of the noise.
         fs: sample rate in Hz.
+        scattering: share of each reflection's energy the surfaces scatter diffusely; the
+            image sources keep only the specular rest, so the tail also holds the scattered
+            share of orders 2 to ``max_order`` (the first order's is cast ray by ray, see
+            ``EchoSimulator``).
 
     Returns:
         (2, frames) float64 in the image sources' units (an echo path of r metres: 1 / r).
@@ -190,7 +244,12 @@ def reverberant_tail(room: RoomAcoustics, frames: int, max_order: int, diffuse_g
     # Energy per sample of a diffuse field's impulse response: 4 pi c^3 t^2 / V reflections per
     # second, each of energy 1 / (c t)^2 (amplitude 1 / r, pyroomacoustics' convention).
     density = 4.0 * np.pi * SPEED_OF_SOUND / (room.volume_m3 * fs)
-    left_out = gammainc(max_order + 1, SPEED_OF_SOUND * t / room.mean_free_path_m)
+    reflections = SPEED_OF_SOUND * t / room.mean_free_path_m
+    left_out = gammainc(max_order + 1, reflections)
+    for order in range(2, max_order + 1):
+        # The Poisson probability of exactly ``order`` reflections, times their scattered share.
+        left_out += (reflections ** order * np.exp(-reflections) / math.factorial(order)
+                     * (1.0 - (1.0 - scattering) ** order))
     # Energy falls 60 dB in rt60_s: amplitude by 3 ln 10 per rt60_s.
     decay = np.exp(-3.0 * np.log(10.0) * t / room.rt60_s)
     return rng.standard_normal((2, frames)) * (np.sqrt(density * diffuse_gain * left_out) * decay)
@@ -278,15 +337,19 @@ class EchoSimulator:
             # The diffuse field reaches the ears from all directions, fed by the speaker's
             # power radiated in all directions: both directivities' mean squared gains.
             self.diffuse_gain = _diffuse_gain(EAR_PATTERNS[ears]) / (2 * realism.speaker_beam + 1)
+            self._sphere = sphere_directions(BACKSCATTER_RAYS)
 
     def impulse_responses(self, scene: Scene, max_order: Optional[int] = None,
-                          speaker: bool = True) -> np.ndarray:
+                          speaker: bool = True, direct: bool = True) -> np.ndarray:
         """Room impulse responses from the speaker to both ears (image sources only).
+
+        Under the realistic model each reflection keeps only its specular share.
 
         Args:
             scene: room, obstacles and rig pose.
             max_order: reflection order (default: the simulator's).
             speaker: give the speaker its directivity (realistic model); False: omnidirectional.
+            direct: keep the direct path; False: the reflections alone.
 
         Returns:
             (2, L) float64, left ear first; sample 0 is the emission instant.
@@ -300,6 +363,14 @@ class EchoSimulator:
         room.add_soundsource(pra.SoundSource(scene.rig.origin), directivity=beam)
         room.add_microphone_array(scene.rig.ear_positions(self.ear_spacing_m).T,
                                   directivity=self._directivities(scene.rig.yaw))
+        if self.realism is not None or not direct:
+            room.image_source_model()
+            source = room.sources[0]
+            if self.realism is not None:
+                source.damping = (source.damping
+                                  * (1.0 - self.realism.scattering) ** (source.orders / 2))
+            if not direct:
+                source.damping = np.where(source.orders == 0, 0.0, source.damping)
         room.compute_rir()
         # pyroomacoustics delays every RIR by half its fractional-delay filter; undo it.
         lead = pra.constants.get("frac_delay_length") // 2
@@ -321,25 +392,86 @@ class EchoSimulator:
         return self.gain * echoes + rng.normal(0.0, self.noise_std, echoes.shape)
 
     def _record_realistic(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
-        """``record`` under the realistic model: shaded direct path, tail, latency, room noise."""
-        realism = self.realism
-        assert realism is not None
-        delay = int(round(realism.latency_s * self.fs))
-        early = self.impulse_responses(scene)
-        rirs = np.zeros((2, max(early.shape[1], self.frames - delay)))
-        rirs[:, : early.shape[1]] = early
-        # Every scene's direct path is the free field's (same rig geometry; pyroomacoustics'
-        # 10 Hz high-pass over the whole response leaves ~0.2 % apart): scale it alone.
-        shade = 10 ** (realism.direct_path_db / 20)
-        rirs[:, : self._direct_rirs.shape[1]] -= (1.0 - shade) * self._direct_rirs
-        rirs[:, : self.frames - delay] += reverberant_tail(
-            room_acoustics(scene), self.frames - delay, self.max_order, self.diffuse_gain, rng,
-            self.fs)
-        echoes = self._chirp_through(rirs, delay)
+        """``record`` under the realistic model: its impulse responses, latency, room noise."""
+        assert self.realism is not None
+        delay = int(round(self.realism.latency_s * self.fs))
+        echoes = self._chirp_through(self.realistic_responses(scene, rng), delay)
         settle = int(round(FILTER_SETTLE_S * self.fs))
         hum = sosfilt(self._room_noise_sos, rng.standard_normal((2, settle + self.frames)), axis=1)
         hum = hum[:, settle:] * self._room_noise_scale
         return self.gain * echoes + hum + rng.normal(0.0, self.noise_std, echoes.shape)
+
+    def realistic_responses(self, scene: Scene, rng: np.random.Generator) -> np.ndarray:
+        """The realistic model's impulse responses from the speaker to both ears: specular image
+        sources, diffuse reflections, the rig's echo, the shaded direct path and the tail.
+
+        Returns:
+            (2, L) float64 in the image sources' units, L >= the samples the recording keeps
+            after the latency; sample 0 is the emission instant.
+        """
+        realism = self.realism
+        assert realism is not None
+        frames = self.frames - int(round(realism.latency_s * self.fs))
+        reflections = self.impulse_responses(scene, direct=False)
+        rirs = np.zeros((2, max(reflections.shape[1], frames)))
+        rirs[:, : reflections.shape[1]] = reflections
+        scattered, ahead_m = self._backscatter(scene, frames, rng)
+        rirs[:, : scattered.shape[1]] += scattered
+        # The rig's front sends the room's echoes out again: what reaches it (heard as the ears
+        # hear) travels the speaker's paths a second time. A flat reflector's gain is its area
+        # over the wavelength (Kirchhoff), at most a plane mirror's, the distance to the surface
+        # ahead.
+        echoes = rirs[:, : min(frames, max(reflections.shape[1], scattered.shape[1]))]
+        again = fftconvolve(echoes, echoes.mean(axis=0)[None], axes=1)[:, :frames]
+        rirs[:, : again.shape[1]] += min(realism.rig_echo_m, ahead_m) * again
+        # Every scene's direct path is the free field's (same rig geometry).
+        rirs[:, : self._direct_rirs.shape[1]] += (10 ** (realism.direct_path_db / 20)
+                                                  * self._direct_rirs)
+        rirs[:, :frames] += 10 ** (realism.tail_level_db / 20) * reverberant_tail(
+            room_acoustics(scene, AIR_ABSORPTION_PER_M + realism.unmodelled_absorption_per_m),
+            frames, self.max_order, self.diffuse_gain, rng, self.fs, realism.scattering)
+        return rirs
+
+    def _backscatter(self, scene: Scene, frames: int,
+                     rng: np.random.Generator) -> Tuple[np.ndarray, float]:
+        """First-order diffuse reflections, cast along ``BACKSCATTER_RAYS`` rays from the speaker.
+
+        Each ray's patch scatters ``scattering`` of what it reflects as a Lambert source (radiance
+        ``cos(incidence) / pi``), heard through the ears' patterns at its own delay. The scattered
+        waves add with random phases: one Gaussian weight per ray, the same at both ears.
+
+        Returns:
+            (2, n) float64 in the image sources' units, n <= frames samples (up to the last
+            arrival), and the distance straight ahead (m).
+        """
+        realism = self.realism
+        assert realism is not None
+        rig = scene.rig
+        distance, surface, normal = first_hits(scene, np.vstack([rig.forward, self._sphere]))
+        ahead_m = float(distance[0])
+        distance, surface, normal = distance[1:], surface[1:], normal[1:]
+        patches = rig.origin + distance[:, None] * self._sphere
+        cos_incidence = np.abs(np.sum(self._sphere * normal, axis=1))
+        # Energy intercepted by each ray's solid angle and scattered per steradian back.
+        radiance = (4.0 * np.pi / len(self._sphere) * _Beam(realism.speaker_beam, rig.yaw)
+                    .gain(self._sphere) ** 2 * (1.0 - scene.absorption[surface])
+                    * realism.scattering * cos_incidence / np.pi)
+        weights = rng.standard_normal(len(self._sphere))
+        ears = self._directivities(rig.yaw) or [None, None]
+        arrivals, amplitudes = [], []
+        for ear, pattern in zip(rig.ear_positions(self.ear_spacing_m), ears):
+            back = patches - ear
+            length = np.linalg.norm(back, axis=1)
+            # pyroomacoustics' convention: the direction from the ear towards the arrival.
+            gain = 1.0 if pattern is None else pattern.get_response(
+                np.degrees(np.arctan2(back[:, 1], back[:, 0])),
+                np.degrees(np.arccos(np.clip(back[:, 2] / length, -1.0, 1.0))))
+            arrivals.append(np.round((distance + length) * self.fs / SPEED_OF_SOUND).astype(int))
+            amplitudes.append(np.sqrt(radiance) * gain / length * weights)
+        n = min(frames, max(int(arrival.max()) for arrival in arrivals) + 1)
+        out = np.stack([np.bincount(arrival[arrival < n], amplitude[arrival < n], minlength=n)
+                        for arrival, amplitude in zip(arrivals, amplitudes)])
+        return out, ahead_m
 
     def through_chain(self, signal: np.ndarray) -> np.ndarray:
         """What the ears record of ``signal`` played through a unit path.
@@ -412,17 +544,29 @@ class _Beam(Directivity):
     def filter_len_ir(self) -> int:
         return 1
 
+    def gain(self, directions: np.ndarray) -> np.ndarray:
+        """(n,) amplitude gains towards (n, 3) unit directions."""
+        return ((1.0 + directions @ self.axis) / 2.0) ** self.order
+
     def get_response(self, azimuth: np.ndarray, colatitude: Optional[np.ndarray] = None,
                      magnitude: bool = False, degrees: bool = True) -> np.ndarray:
         """(n,) gains towards the directions (pyroomacoustics' ``Directivity`` interface)."""
         if colatitude is None:
             colatitude = np.full(len(azimuth), 90.0 if degrees else np.pi / 2)
-        directions = spher2cart(azimuth=azimuth, colatitude=colatitude, degrees=degrees)
-        return ((1.0 + self.axis @ directions) / 2.0) ** self.order
+        return self.gain(spher2cart(azimuth=azimuth, colatitude=colatitude, degrees=degrees).T)
 
     def sample_rays(self, n_rays: int, rng: Optional[np.random.Generator] = None) -> None:
         """Ray tracing's interface, which this simulator does not use (image sources only)."""
         raise NotImplementedError("the beam serves the image-source method only")
+
+
+def sphere_directions(n: int) -> np.ndarray:
+    """(n, 3) unit vectors spread evenly over the sphere (a Fibonacci lattice: equal areas)."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    azimuth = np.pi * (1.0 + np.sqrt(5.0)) * k
+    ring = np.sqrt(1.0 - z * z)
+    return np.c_[ring * np.cos(azimuth), ring * np.sin(azimuth), z]
 
 
 def _diffuse_gain(p: Optional[float]) -> float:

@@ -100,41 +100,7 @@ class DepthCamera:
             surface: (H, W) int index of the surface hit (the scene's surface numbering).
             normal: (H, W, 3) unit normal of that surface (sign arbitrary).
         """
-        origin = scene.rig.origin
-        dirs = self.ray_directions(scene)
-        n_rays, n_walls = len(dirs), scene.n_walls
-
-        # Walls: the plan's edges in 2D. From inside the room, the nearest hit among walls, floor
-        # and ceiling planes is the true one, so no inside-polygon test is needed for floor/ceiling.
-        a = scene.floor
-        edge = np.roll(a, -1, axis=0) - a
-        rel = a - origin[:2]
-        denom = dirs[:, 0:1] * edge[None, :, 1] - dirs[:, 1:2] * edge[None, :, 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = (rel[None, :, 0] * edge[None, :, 1] - rel[None, :, 1] * edge[None, :, 0]) / denom
-            s = (rel[None, :, 0] * dirs[:, 1:2] - rel[None, :, 1] * dirs[:, 0:1]) / denom
-        t = np.where((t > 1e-9) & (s >= 0) & (s <= 1), t, np.inf)
-        wall = np.argmin(t, axis=1)
-        depth = t[np.arange(n_rays), wall]
-        surface = wall
-        wall_normals = np.c_[edge[:, 1], -edge[:, 0], np.zeros(n_walls)]
-        normal = wall_normals[wall] / np.linalg.norm(wall_normals[wall], axis=1, keepdims=True)
-
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_plane = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2],
-                               np.where(dirs[:, 2] > 0, (scene.height - origin[2]) / dirs[:, 2], np.inf))
-        closer = t_plane < depth
-        depth = np.where(closer, t_plane, depth)
-        surface = np.where(closer, np.where(dirs[:, 2] < 0, n_walls, n_walls + 1), surface)
-        normal[closer] = (0.0, 0.0, 1.0)
-
-        if scene.boxes:
-            t_box, box, face, face_normal = _ray_boxes(origin, dirs, scene.boxes)
-            closer = t_box < depth
-            depth = np.where(closer, t_box, depth)
-            surface = np.where(closer, n_walls + 2 + 6 * box + face, surface)
-            normal[closer] = face_normal[closer]
-
+        depth, surface, normal = first_hits(scene, self.ray_directions(scene))
         shape = (self.height, self.width)
         return depth.reshape(shape), surface.reshape(shape), normal.reshape(shape + (3,))
 
@@ -245,6 +211,55 @@ def _far_side_of_edges(depth: np.ndarray, band: int) -> np.ndarray:
             neighbour = padded[band + dy:band + dy + height, band + dx:band + dx + width]
             behind |= depth - neighbour > EDGE_JUMP_M
     return behind
+
+
+def first_hits(scene: Scene, dirs: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First surface hit by rays from the rig centre (the camera's pixels, the speaker's rays).
+
+    Args:
+        scene: room, obstacles and rig pose.
+        dirs: (R, 3) ray directions (any length, never zero).
+
+    Returns:
+        hit: (R,) ray parameter of the hit (the distance for unit directions; every ray hits:
+            the room is closed).
+        surface: (R,) int index of the surface hit (the scene's surface numbering).
+        normal: (R, 3) unit normal of that surface (sign arbitrary).
+    """
+    origin = scene.rig.origin
+    n_rays, n_walls = len(dirs), scene.n_walls
+
+    # Walls: the plan's edges in 2D. From inside the room, the nearest hit among walls, floor
+    # and ceiling planes is the true one, so no inside-polygon test is needed for floor/ceiling.
+    a = scene.floor
+    edge = np.roll(a, -1, axis=0) - a
+    rel = a - origin[:2]
+    denom = dirs[:, 0:1] * edge[None, :, 1] - dirs[:, 1:2] * edge[None, :, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (rel[None, :, 0] * edge[None, :, 1] - rel[None, :, 1] * edge[None, :, 0]) / denom
+        s = (rel[None, :, 0] * dirs[:, 1:2] - rel[None, :, 1] * dirs[:, 0:1]) / denom
+    t = np.where((t > 1e-9) & (s >= 0) & (s <= 1), t, np.inf)
+    wall = np.argmin(t, axis=1)
+    hit = t[np.arange(n_rays), wall]
+    surface = wall
+    wall_normals = np.c_[edge[:, 1], -edge[:, 0], np.zeros(n_walls)]
+    normal = wall_normals[wall] / np.linalg.norm(wall_normals[wall], axis=1, keepdims=True)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_plane = np.where(dirs[:, 2] < 0, -origin[2] / dirs[:, 2],
+                           np.where(dirs[:, 2] > 0, (scene.height - origin[2]) / dirs[:, 2], np.inf))
+    closer = t_plane < hit
+    hit = np.where(closer, t_plane, hit)
+    surface = np.where(closer, np.where(dirs[:, 2] < 0, n_walls, n_walls + 1), surface)
+    normal[closer] = (0.0, 0.0, 1.0)
+
+    if scene.boxes:
+        t_box, box, face, face_normal = _ray_boxes(origin, dirs, scene.boxes)
+        closer = t_box < hit
+        hit = np.where(closer, t_box, hit)
+        surface = np.where(closer, n_walls + 2 + 6 * box + face, surface)
+        normal[closer] = face_normal[closer]
+    return hit, surface, normal
 
 
 def _millimetres(depth_m: np.ndarray) -> np.ndarray:
