@@ -18,7 +18,7 @@ from datasets.synthetic.camera import EDGE_JUMP_M, GRAZING_COS, DepthCamera
 from datasets.synthetic.scene import (FAMILIES, REALISTIC_FAMILIES, RIG_CLEARANCE_M, Box, RigPose,
                                       Scene, clearance_m, distance_to_segments, location_name,
                                       point_in_polygon, sample_location_style, sample_scene)
-from datasets.synthetic.world import WorldConfig, generate_world
+from datasets.synthetic.world import REALISM_VERSION, WorldConfig, generate_world
 
 REFERENCE = Path(__file__).resolve().parents[1] / "datasets" / "reference" / "batvision_v2_real.json"
 # WorldConfig().to_dict() of the worlds cached before the opt-in fields existed.
@@ -208,8 +208,13 @@ def test_realistic_families_are_furnished():
 def test_the_default_world_is_unchanged():
     assert WorldConfig().to_dict() == CLASSIC_CONFIG
     assert WorldConfig(holes="blobs", rooms="classic").to_dict() == CLASSIC_CONFIG
-    assert WorldConfig(holes="sensor").to_dict() == {**CLASSIC_CONFIG, "holes": "sensor"}
-    assert WorldConfig(rooms="realistic").to_dict() == {**CLASSIC_CONFIG, "rooms": "realistic"}
+    # A world with realism records the realism's version: one made by an earlier model of it is
+    # another world.
+    version = {"realism_version": REALISM_VERSION}
+    assert WorldConfig(holes="sensor").to_dict() == {**CLASSIC_CONFIG, "holes": "sensor",
+                                                     **version}
+    assert WorldConfig(rooms="realistic").to_dict() == {**CLASSIC_CONFIG, "rooms": "realistic",
+                                                        **version}
     assert [location_name(i) for i in range(4)] == ["SmallRoom_00", "Corridor_01", "Hall_02",
                                                    "SmallRoom_03"]
     assert FAMILIES == ("SmallRoom", "Corridor", "Hall")

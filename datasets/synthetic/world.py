@@ -58,6 +58,9 @@ SPLIT_SHARES = {"val": 0.15, "test": 0.15}  # the rest is train
 # Fields added after worlds were first cached, with the value that reproduces those worlds: a
 # config holding it leaves the field out of to_dict() (see there).
 OPT_IN_DEFAULTS = {"acoustics": "ideal", "holes": "blobs", "rooms": "classic"}
+# Bump when a change to the opt-in realism changes its output: recorded only in the manifests of
+# worlds that use it, so the default world's manifest and folder stay as they are.
+REALISM_VERSION = 2
 FIRST_TIME_S = 1_700_000_000.0  # capture time of the first location's index 0, UNIX seconds
 SECONDS_PER_INDEX = 0.5
 
@@ -134,12 +137,15 @@ class WorldConfig:
         Cached worlds are reused when their manifest's config equals this dict, and the default
         world's folder is named by its digest: leaving out the fields that were added later, while
         they hold the value that reproduces the older worlds byte for byte, keeps those worlds and
-        folder names matching.
+        folder names matching. A world with any opt-in realism also records
+        :data:`REALISM_VERSION`, so one made by an earlier realistic model is regenerated.
         """
         config = asdict(self)
         for name, default in OPT_IN_DEFAULTS.items():
             if config[name] == default:
                 del config[name]
+        if OPT_IN_DEFAULTS.keys() & config.keys():
+            config["realism_version"] = REALISM_VERSION
         return config
 
 
