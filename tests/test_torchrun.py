@@ -192,7 +192,9 @@ def test_a_folder_in_use_stops_every_rank_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines()
                 if line.startswith("error: ") and "being written by another" in line]
-    assert len(refusals) == 2, result.stderr[-3000:]  # one line per rank
+    # One line per rank that got to print it: once one rank has failed, torchrun's launcher
+    # terminates the other, which on a loaded machine may not have printed yet.
+    assert 1 <= len(refusals) <= 2, result.stderr[-3000:]
     # torchrun's launcher prints its own traceback of the failed children; ours print none.
     assert f'File "{REPO / "training"}' not in result.stderr, result.stderr[-3000:]
 
