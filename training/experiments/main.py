@@ -27,9 +27,9 @@ def build_parser(description: Optional[str]) -> argparse.ArgumentParser:
                         help="quick: the README's main command, synthetic world, CPU; standard: "
                              "the config files' benchmark (128x128, 20 epochs, 3 seeds, every KD "
                              "variant); development / report: the claims' rows at 64x64 on the "
-                             "development / report worlds; labels, labels_benchmark: label-scarce distillation; full: "
-                             "real BatVision V2 on a GPU (run_experiments.py's description says "
-                             "more)")
+                             "development / report worlds; labels, labels_benchmark: "
+                             "label-scarce distillation; full: real BatVision V2 on a GPU "
+                             "(run_experiments.py's description says more)")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help="seeds 0..N-1 per trained experiment (None: the preset's: "
                              + _preset_values("seeds") + ")")
