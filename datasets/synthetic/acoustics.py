@@ -452,9 +452,11 @@ class EchoSimulator:
         distance, surface, normal = distance[1:], surface[1:], normal[1:]
         patches = rig.origin + distance[:, None] * self._sphere
         cos_incidence = np.abs(np.sum(self._sphere * normal, axis=1))
+        beam = self._speaker_directivity(rig.yaw)
+        beam_gain = 1.0 if beam is None else beam.gain(self._sphere)
         # Energy intercepted by each ray's solid angle and scattered per steradian back.
-        radiance = (4.0 * np.pi / len(self._sphere) * _Beam(realism.speaker_beam, rig.yaw)
-                    .gain(self._sphere) ** 2 * (1.0 - scene.absorption[surface])
+        radiance = (4.0 * np.pi / len(self._sphere) * beam_gain ** 2
+                    * (1.0 - scene.absorption[surface])
                     * realism.scattering * cos_incidence / np.pi)
         weights = rng.standard_normal(len(self._sphere))
         ears = self._directivities(rig.yaw) or [None, None]
