@@ -1,21 +1,22 @@
 """Write a simulated BatVision world (V1 or V2 on-disk format) and print its generation speed.
 
-Rooms of three families (small rooms, corridors, L/U-shaped halls, all with box obstacles), a
-3 ms 20 Hz-20 kHz chirp simulated with pyroomacoustics' image-source method, two directional ears
-0.2 m apart with sensor noise, and a ray-cast depth camera with RGB on the same rig. Each location
+By default every realism is on, calibrated on a real V2 recording (datasets/reference/): furnished
+room families (offices, classrooms, stairwell landings, cluttered labs, with small rooms,
+corridors and halls) with surface materials and a robot's poses; a 3 ms 20 Hz-20 kHz chirp
+simulated with pyroomacoustics' image-source method plus what real recordings add (a playback
+latency, a band-limited directional speaker, diffuse backscatter, a reverberant tail, room noise);
+two directional ears 0.2 m apart with sensor noise; a ray-cast depth camera with RGB on the same
+rig, its holes where a real depth camera loses pixels (far range, grazing incidence, specular and
+dark surfaces, occlusion edges, textureless areas). ``--acoustics ideal --holes blobs --rooms
+classic`` makes the classic world of earlier versions (image sources alone, the chirp at time 0,
+small rooms / corridors / halls with box obstacles, range and random-blob holes). Each location
 folder is one room family; ``--samples`` is the number of samples per location, split ~70/15/15 %
 into train/val/test. Same flags, same seed -> byte-identical files, whatever ``--workers``.
-``--rooms realistic`` adds furnished families (offices, classrooms, stairwell landings, cluttered
-labs) with surface materials and a robot's poses; ``--holes sensor`` puts the depth holes where a
-real depth camera loses pixels (far range, grazing incidence, specular and dark surfaces,
-occlusion edges, textureless areas).
-``--acoustics realistic`` makes the recordings look like real V2 ones (a playback latency, a
-band-limited directional speaker, a reverberant tail, room noise); the default stays ``ideal``.
 
 Example:
     python make_synthetic_batvision.py --format v2 --out data/synthetic_v2 --locations 3 --samples 400
-    python make_synthetic_batvision.py --out data/realistic_v2 --locations 7 --rooms realistic \
-        --holes sensor
+    python make_synthetic_batvision.py --out data/classic_v2 --acoustics ideal --holes blobs \
+        --rooms classic
 """
 from __future__ import annotations
 

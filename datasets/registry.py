@@ -23,17 +23,19 @@ READERS = {"batvisionv1": BatvisionV1Dataset, "batvisionv2": BatvisionV2Dataset,
            "synthetic": BatvisionV2Dataset}
 
 
-# The simulated world's opt-in realism (WorldConfig fields, each set by --synthetic_<field>) and
-# its values, the default first: what every world was before the field existed. Named here, not
-# read from the generator, so parsing a command line does not import pyroomacoustics; a test
-# holds them equal to the generator's own.
+# The simulated world's realism (WorldConfig fields, each set by --synthetic_<field>) and its
+# values, the classic world's first: what every world was before the field existed (an argument
+# list saved before then reads it). Named here, not read from the generator, so parsing a command
+# line does not import pyroomacoustics; a test holds them equal to the generator's own.
 WORLD_OPTIONS = {"acoustics": ("ideal", "realistic"), "holes": ("blobs", "sensor"),
                  "rooms": ("classic", "realistic")}
+# The default world (the generator's WorldConfig defaults): every realism on.
+DEFAULT_WORLD = {"acoustics": "realistic", "holes": "sensor", "rooms": "realistic"}
 
 
 def synthetic_world_config(args: argparse.Namespace) -> Any:
     """The ``WorldConfig`` that ``--synthetic_*`` flags describe (V2 format); arguments saved
-    before an option existed get its default."""
+    before an option existed get the classic world's value, the world they were made with."""
     from datasets.synthetic.world import WorldConfig  # pyroomacoustics only when a world is used
 
     options = {name: getattr(args, f"synthetic_{name}", values[0])

@@ -17,7 +17,7 @@ from datasets.synthetic.acoustics import (ACOUSTIC_MODELS, SPEED_OF_SOUND, EchoS
                                           room_acoustics, reverberant_tail)
 from datasets.synthetic.scene import (Box, RigPose, Scene, sample_location_style,
                                       sample_scene)
-from datasets.synthetic.world import WorldConfig, generate_world
+from datasets.synthetic.world import CLASSIC_WORLD, WorldConfig, generate_world
 from datasets.synthetic.writer import SAMPLE_RATE
 
 REFERENCE = Path(__file__).resolve().parents[1] / "datasets" / "reference" / "batvision_v2_real.json"
@@ -57,11 +57,12 @@ def hash_tree(root: Path) -> Dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_the_ideal_default_keeps_its_config_dict_and_a_bad_model_is_named():
-    # Manifests and the default world's folder name digest to_dict(): the default must not move.
+def test_the_classic_world_keeps_its_config_dict_and_a_bad_model_is_named():
+    # Manifests and cached worlds' folder names digest to_dict(): the classic world's must not
+    # move, so worlds made before the realism existed are still found.
     legacy = {"format", "locations", "samples", "seed", "height", "width", "ears", "ear_angle_deg",
               "ear_spacing_m", "max_order", "snr_db", "hfov_deg", "max_range_m"}
-    assert set(WorldConfig().to_dict()) == legacy
+    assert set(WorldConfig(**CLASSIC_WORLD).to_dict()) == legacy
     assert WorldConfig(acoustics="realistic").to_dict()["acoustics"] == "realistic"
     with pytest.raises(ValueError, match="ideal.*realistic.*'echoey'"):
         WorldConfig(acoustics="echoey")
@@ -205,11 +206,12 @@ def test_the_rig_echoes_the_wall_it_faces_up_to_a_mirrors_gain(distance):
 
 
 def test_a_realistic_world_is_deterministic_whatever_the_workers(tmp_path):
-    tiny = dict(locations=3, samples=3, height=16, width=16)
+    tiny = dict(locations=3, samples=3, height=16, width=16, holes="blobs", rooms="classic")
     config = WorldConfig(acoustics="realistic", **tiny)
     generate_world(tmp_path / "a", config, workers=1, progress=False)
     generate_world(tmp_path / "b", config, workers=2, progress=False)
-    generate_world(tmp_path / "ideal", WorldConfig(**tiny), workers=1, progress=False)
+    generate_world(tmp_path / "ideal", WorldConfig(acoustics="ideal", **tiny), workers=1,
+                   progress=False)
     reference = hash_tree(tmp_path / "a")
     assert hash_tree(tmp_path / "b") == reference
     wavs = [name for name in reference if name.endswith(".wav")]

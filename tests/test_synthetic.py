@@ -20,10 +20,13 @@ from datasets.synthetic.acoustics import SPEED_OF_SOUND, EchoSimulator
 from datasets.synthetic.camera import DepthCamera
 from datasets.synthetic.scene import (Box, RigPose, Scene, box_polygons, room_shell_polygons,
                                       sample_location_style, sample_scene)
-from datasets.synthetic.world import WorldConfig, ensure_synthetic_world, generate_world
+from datasets.synthetic.world import (CLASSIC_WORLD, WorldConfig, ensure_synthetic_world,
+                                      generate_world)
 from datasets.synthetic.writer import SAMPLE_RATE, V1_COLUMNS, V2_COLUMNS, V2_WAV_FRAMES
 
-TINY = dict(locations=3, samples=3, height=16, width=24)
+# The generator's mechanics, tested on the classic world (the cheapest; the realistic default's
+# own tests: test_world_realism.py, test_acoustics_realism.py).
+TINY = dict(locations=3, samples=3, height=16, width=24, **CLASSIC_WORLD)
 
 
 def open_room(floor: np.ndarray, absorption: Dict[int, float], rig: RigPose) -> Scene:

@@ -1,6 +1,6 @@
-"""Opt-in realism of the simulated world: the depth camera's sensor-like holes (each cause on a
-hand-built scene), the realistic room families, the statistics they reach against the real V2
-reference, and the default world left as it was."""
+"""Realism of the simulated world, on by default: the depth camera's sensor-like holes (each cause
+on a hand-built scene), the realistic room families, the statistics they reach against the real
+V2 reference, and the classic world of earlier versions left as it was."""
 from __future__ import annotations
 
 import argparse
@@ -18,10 +18,10 @@ from datasets.synthetic.camera import EDGE_JUMP_M, GRAZING_COS, DepthCamera
 from datasets.synthetic.scene import (FAMILIES, REALISTIC_FAMILIES, RIG_CLEARANCE_M, Box, RigPose,
                                       Scene, clearance_m, distance_to_segments, location_name,
                                       point_in_polygon, sample_location_style, sample_scene)
-from datasets.synthetic.world import REALISM_VERSION, WorldConfig, generate_world
+from datasets.synthetic.world import CLASSIC_WORLD, REALISM_VERSION, WorldConfig, generate_world
 
 REFERENCE = Path(__file__).resolve().parents[1] / "datasets" / "reference" / "batvision_v2_real.json"
-# WorldConfig().to_dict() of the worlds cached before the opt-in fields existed.
+# WorldConfig(...).to_dict() of the worlds cached before the realism fields existed.
 CLASSIC_CONFIG = {"format": "v2", "locations": 3, "samples": 400, "seed": 0, "height": 128,
                   "width": 128, "ears": "cardioid", "ear_angle_deg": 35.0, "ear_spacing_m": 0.2,
                   "max_order": 3, "snr_db": 50.0, "hfov_deg": 90.0, "max_range_m": None}
@@ -205,16 +205,17 @@ def test_realistic_families_are_furnished():
 
 # --- the world's wiring and its default ----------------------------------------------------------
 
-def test_the_default_world_is_unchanged():
-    assert WorldConfig().to_dict() == CLASSIC_CONFIG
-    assert WorldConfig(holes="blobs", rooms="classic").to_dict() == CLASSIC_CONFIG
+def test_the_classic_world_is_unchanged_and_the_default_has_every_realism():
+    assert WorldConfig(**CLASSIC_WORLD).to_dict() == CLASSIC_CONFIG
     # A world with realism records the realism's version: one made by an earlier model of it is
     # another world.
     version = {"realism_version": REALISM_VERSION}
-    assert WorldConfig(holes="sensor").to_dict() == {**CLASSIC_CONFIG, "holes": "sensor",
-                                                     **version}
-    assert WorldConfig(rooms="realistic").to_dict() == {**CLASSIC_CONFIG, "rooms": "realistic",
-                                                        **version}
+    assert WorldConfig(**{**CLASSIC_WORLD, "holes": "sensor"}).to_dict() == {
+        **CLASSIC_CONFIG, "holes": "sensor", **version}
+    assert WorldConfig(**{**CLASSIC_WORLD, "rooms": "realistic"}).to_dict() == {
+        **CLASSIC_CONFIG, "rooms": "realistic", **version}
+    assert WorldConfig().to_dict() == {**CLASSIC_CONFIG, "acoustics": "realistic",
+                                       "holes": "sensor", "rooms": "realistic", **version}
     assert [location_name(i) for i in range(4)] == ["SmallRoom_00", "Corridor_01", "Hall_02",
                                                    "SmallRoom_03"]
     assert FAMILIES == ("SmallRoom", "Corridor", "Hall")
@@ -233,7 +234,8 @@ def test_a_realistic_world_is_deterministic_and_named_by_its_families(tmp_path, 
 
     monkeypatch.setattr(sys, "argv", ["make_synthetic_batvision.py", "--out", str(tmp_path / "x"),
                                       "--rooms", "realistic", "--holes", "sensor"])
-    assert cli.parse_args().config == WorldConfig(rooms="realistic", holes="sensor")
+    assert cli.parse_args().config == WorldConfig(acoustics="realistic", rooms="realistic",
+                                                  holes="sensor") == WorldConfig()
     config = WorldConfig(locations=3, samples=3, height=16, width=16, rooms="realistic", holes="sensor")
     trees = []
     for name in ("a", "b"):
@@ -247,16 +249,17 @@ def test_a_realistic_world_is_deterministic_and_named_by_its_families(tmp_path, 
 
 def test_the_flags_name_the_generators_own_realism_options() -> None:
     """datasets.registry names the options without importing the generator: they must stay the
-    generator's, with the default (what older worlds are) first."""
-    from datasets.registry import WORLD_OPTIONS
+    generator's, the classic world's (what older worlds are) first, and its default world the
+    generator's default."""
+    from datasets.registry import DEFAULT_WORLD, WORLD_OPTIONS
     from datasets.synthetic.acoustics import ACOUSTIC_MODELS
     from datasets.synthetic.camera import HOLE_MODELS
     from datasets.synthetic.scene import ROOM_SETS
-    from datasets.synthetic.world import OPT_IN_DEFAULTS
 
     assert {name: set(values) for name, values in WORLD_OPTIONS.items()} == {
         "acoustics": set(ACOUSTIC_MODELS), "holes": set(HOLE_MODELS), "rooms": set(ROOM_SETS)}
-    assert {name: values[0] for name, values in WORLD_OPTIONS.items()} == OPT_IN_DEFAULTS
+    assert {name: values[0] for name, values in WORLD_OPTIONS.items()} == CLASSIC_WORLD
+    assert {name: getattr(WorldConfig(), name) for name in WORLD_OPTIONS} == DEFAULT_WORLD
 
 
 def test_training_flags_choose_the_world_and_count_in_identity_only_when_moved() -> None:
@@ -267,40 +270,51 @@ def test_training_flags_choose_the_world_and_count_in_identity_only_when_moved()
     default = parse("student", ["--dataset", "synthetic"])
     realistic = parse("student", ["--dataset", "synthetic", "--synthetic_acoustics", "realistic",
                                   "--synthetic_holes", "sensor", "--synthetic_rooms", "realistic"])
+    classic = parse("student", ["--dataset", "synthetic", "--synthetic_acoustics", "ideal",
+                                "--synthetic_holes", "blobs", "--synthetic_rooms", "classic"])
     assert synthetic_world_config(default) == WorldConfig()
+    assert synthetic_world_config(classic) == WorldConfig(**CLASSIC_WORLD)
     assert synthetic_world_config(realistic) == WorldConfig(acoustics="realistic",
                                                             holes="sensor", rooms="realistic")
-    # Arguments saved before the options existed (an older checkpoint's) read the default world.
+    # Arguments saved before the options existed (an older checkpoint's) read the classic world,
+    # the one they were made with, and the identity records an option only where it moved from it.
     old = argparse.Namespace(**{k: v for k, v in vars(default).items()
                                 if not k.startswith(("synthetic_acoustics", "synthetic_holes",
                                                      "synthetic_rooms"))})
-    assert synthetic_world_config(old) == WorldConfig()
+    assert synthetic_world_config(old) == WorldConfig(**CLASSIC_WORLD)
     for name in ("acoustics", "holes", "rooms"):
-        assert INTRODUCED_LATER[f"synthetic_{name}"] == getattr(default, f"synthetic_{name}")
+        assert INTRODUCED_LATER[f"synthetic_{name}"] == getattr(classic, f"synthetic_{name}")
 
 
-def test_the_runner_passes_a_realistic_world_to_every_run_and_nothing_by_default(
+def test_the_runner_passes_the_world_to_every_run_only_where_it_is_not_the_default(
         tmp_path: Path) -> None:
     from training.experiments import presets, runs
     from training.experiments.main import build_parser
     from training.experiments.report import world_line
 
-    def argv_of(*flags: str) -> list:
+    def argv_of(preset_name: str, *flags: str) -> tuple:
         preset = presets.resolve_preset(build_parser(None).parse_args(
-            ["--preset", "quick", *flags]))
+            ["--preset", preset_name, *flags]))
         setup = runs.Setup(preset=preset, config_dir=Path("configs/synthetic"),
                            data_root=str(tmp_path), cache_dir=tmp_path, device="cpu",
                            runs_dir=tmp_path / "runs", on_mismatch="retrain", launch=None)
         return runs.run_spec(preset.experiments[1], 0, setup).argv, world_line(preset)
 
-    plain, plain_line = argv_of()
-    assert not any(flag.startswith(("--synthetic_acoustics", "--synthetic_holes",
-                                    "--synthetic_rooms")) for flag in plain)
-    assert "Realism" not in plain_line
-    realistic, line = argv_of("--synthetic_rooms", "realistic", "--synthetic_holes", "sensor")
-    pairs = list(zip(realistic, realistic[1:]))
-    assert ("--synthetic_holes", "sensor") in pairs and ("--synthetic_rooms", "realistic") in pairs
-    assert "--synthetic_acoustics" not in realistic
-    assert "`--synthetic_holes sensor`, `--synthetic_rooms realistic`" in line
+    def world_flags(argv: list) -> list:
+        return [(flag, value) for flag, value in zip(argv, argv[1:])
+                if flag.startswith(("--synthetic_acoustics", "--synthetic_holes",
+                                    "--synthetic_rooms"))]
+
+    # The quick preset is on the default (realistic) world: its runs need no flag.
+    plain, plain_line = argv_of("quick")
+    assert world_flags(plain) == [] and "Not the default world" not in plain_line
+    partly, line = argv_of("quick", "--synthetic_rooms", "classic")
+    assert world_flags(partly) == [("--synthetic_rooms", "classic")]
+    assert "Not the default world: `--synthetic_rooms classic`." in line
+    # The presets whose tables were measured on the classic world stay on it.
+    classic, classic_line = argv_of("development")
+    assert world_flags(classic) == [("--synthetic_acoustics", "ideal"),
+                                    ("--synthetic_holes", "blobs"), ("--synthetic_rooms", "classic")]
+    assert "`--synthetic_acoustics ideal`, `--synthetic_holes blobs`" in classic_line
     with pytest.raises(SystemExit):
         build_parser(None).parse_args(["--synthetic_rooms", "palace"])

@@ -18,7 +18,7 @@ from common.argtypes import (
     ArgumentParser, non_negative_float, non_negative_int, positive_float, positive_int,
 )
 from common.errors import UsageError
-from datasets.registry import DATASETS, WORLD_OPTIONS
+from datasets.registry import DATASETS, DEFAULT_WORLD, WORLD_OPTIONS
 from models.binaural_attention_model import (
     DEFAULT_ATTENTION_LEVELS, INPUT_FEATURES, check_attention_levels,
 )
@@ -163,11 +163,12 @@ def add_data_flags(data: ArgumentGroup) -> None:
     data.add_argument("--synthetic_seed", type=non_negative_int, default=0,
                       help="synthetic world: seed of the world (independent of --seed)")
     for name, values in WORLD_OPTIONS.items():
-        data.add_argument(f"--synthetic_{name}", choices=values, default=values[0],
+        data.add_argument(f"--synthetic_{name}", choices=values, default=DEFAULT_WORLD[name],
                           help=f"synthetic world: {WORLD_OPTION_HELP[name]}")
 
 
-# What each opt-in realism of the simulated world does (datasets.registry.WORLD_OPTIONS).
+# What each realism option of the simulated world does (datasets.registry.WORLD_OPTIONS; the
+# first value of each is the classic world of earlier versions, the second the default).
 WORLD_OPTION_HELP = {
     "acoustics": "ideal (image sources alone, the chirp leaves at time 0) or realistic (playback "
                  "latency, band-limited directional speaker, reverberant tail, room noise; "

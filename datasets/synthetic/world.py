@@ -55,11 +55,14 @@ FORMATS = ("v1", "v2")
 # here rarely exceed 15 m, so 15 m still leaves far corridor ends as holes.
 DEFAULT_MAX_RANGE_M = {"v1": 12.0, "v2": 15.0}
 SPLIT_SHARES = {"val": 0.15, "test": 0.15}  # the rest is train
-# Fields added after worlds were first cached, with the value that reproduces those worlds: a
-# config holding it leaves the field out of to_dict() (see there).
-OPT_IN_DEFAULTS = {"acoustics": "ideal", "holes": "blobs", "rooms": "classic"}
-# Bump when a change to the opt-in realism changes its output: recorded only in the manifests of
-# worlds that use it, so the default world's manifest and folder stay as they are.
+# The realism fields, added after worlds were first cached, with the values that reproduce those
+# worlds (the classic world): a config holding one leaves the field out of to_dict() (see there),
+# so classic worlds keep their manifests and folder names.
+CLASSIC_WORLD = {"acoustics": "ideal", "holes": "blobs", "rooms": "classic"}
+# The default world: every realism on (calibrated on a real V2 recording, datasets/reference/).
+DEFAULT_WORLD = {"acoustics": "realistic", "holes": "sensor", "rooms": "realistic"}
+# Bump when a change to the realism changes its output: recorded only in the manifests of worlds
+# that use it, so classic worlds' manifests and folders stay as they are.
 REALISM_VERSION = 2
 FIRST_TIME_S = 1_700_000_000.0  # capture time of the first location's index 0, UNIX seconds
 SECONDS_PER_INDEX = 0.5
@@ -67,7 +70,8 @@ SECONDS_PER_INDEX = 0.5
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Everything that decides a world's content (the defaults make the standard demo world).
+    """Everything that decides a world's content (the defaults make the standard demo world: every
+    realism on; :data:`CLASSIC_WORLD` gives the world of earlier versions).
 
     Attributes:
         format: ``v1`` or ``v2`` on-disk layout.
@@ -102,11 +106,11 @@ class WorldConfig:
     ear_spacing_m: float = 0.2
     max_order: int = 3
     snr_db: float = 50.0
-    acoustics: str = OPT_IN_DEFAULTS["acoustics"]
+    acoustics: str = DEFAULT_WORLD["acoustics"]
     hfov_deg: float = 90.0
     max_range_m: Optional[float] = None
-    holes: str = OPT_IN_DEFAULTS["holes"]
-    rooms: str = OPT_IN_DEFAULTS["rooms"]
+    holes: str = DEFAULT_WORLD["holes"]
+    rooms: str = DEFAULT_WORLD["rooms"]
 
     def __post_init__(self) -> None:
         if self.holes not in HOLE_MODELS:
@@ -132,19 +136,20 @@ class WorldConfig:
         return DEFAULT_MAX_RANGE_M[self.format] if self.max_range_m is None else self.max_range_m
 
     def to_dict(self) -> Dict[str, object]:
-        """The config as a manifest stores it; an opt-in field holding its default is left out.
+        """The config as a manifest stores it; a realism field holding the classic world's value
+        is left out.
 
-        Cached worlds are reused when their manifest's config equals this dict, and the default
+        Cached worlds are reused when their manifest's config equals this dict, and a cached
         world's folder is named by its digest: leaving out the fields that were added later, while
         they hold the value that reproduces the older worlds byte for byte, keeps those worlds and
-        folder names matching. A world with any opt-in realism also records
-        :data:`REALISM_VERSION`, so one made by an earlier realistic model is regenerated.
+        folder names matching. A world with any realism also records :data:`REALISM_VERSION`, so
+        one made by an earlier realistic model is regenerated.
         """
         config = asdict(self)
-        for name, default in OPT_IN_DEFAULTS.items():
-            if config[name] == default:
+        for name, classic in CLASSIC_WORLD.items():
+            if config[name] == classic:
                 del config[name]
-        if OPT_IN_DEFAULTS.keys() & config.keys():
+        if CLASSIC_WORLD.keys() & config.keys():
             config["realism_version"] = REALISM_VERSION
         return config
 

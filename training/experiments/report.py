@@ -384,9 +384,9 @@ def write_markdown(path: Path, summary: List[Row], preset: Preset,
 
 def world_line(preset: Preset) -> str:
     """What the preset's synthetic world is for (:data:`DEVELOPMENT_WORLDS`,
-    :data:`REPORT_WORLDS`), and its realism where it is not the default."""
+    :data:`REPORT_WORLDS`), and where it is not the default world."""
     seed = preset.synthetic_seed
-    realism = [f"`--synthetic_{name} {value}`" for name, value in preset.realism().items()]
+    flags = [f"`--synthetic_{name} {value}`" for name, value in preset.world_flags().items()]
     if seed in DEVELOPMENT_WORLDS:
         purpose = "a development world: choices are made here, on validation RMSE"
     elif seed in REPORT_WORLDS:
@@ -394,7 +394,7 @@ def world_line(preset: Preset) -> str:
     else:
         purpose = "neither a development nor a report world"
     return (f"World: `--synthetic_seed {seed}`, {purpose}."
-            + (f" Realism: {', '.join(realism)}." if realism else ""))
+            + (f" Not the default world: {', '.join(flags)}." if flags else ""))
 
 
 def save_bar_chart(path: Path, summary: List[Row]) -> None:

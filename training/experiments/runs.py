@@ -138,7 +138,7 @@ def run_spec(experiment: Experiment, seed: int, setup: Setup) -> RunSpec:
                  "--synthetic_samples", str(preset.synthetic_samples),
                  "--synthetic_size", str(preset.synthetic_size),
                  "--synthetic_seed", str(world_seed)]
-        argv += [flag for name, value in preset.realism().items()
+        argv += [flag for name, value in preset.world_flags().items()
                  for flag in (f"--synthetic_{name}", value)]
     if preset.max_depth is not None:
         argv += ["--max_depth", str(preset.max_depth)]
@@ -298,7 +298,7 @@ def world_root(preset: Preset, data_root: Optional[str]) -> str:
         synthetic_locations=preset.synthetic_locations,
         synthetic_samples=preset.synthetic_samples, synthetic_size=preset.synthetic_size,
         synthetic_seed=preset.synthetic_seed,
-        **{f"synthetic_{name}": value for name, value in preset.realism().items()})
+        **{f"synthetic_{name}": value for name, value in preset.world_options().items()})
     resolve_data_root(args, DistContext())
     return str(Path(args.data_root).resolve())
 
