@@ -6,9 +6,10 @@ arrives at about ``2 d / SPEED_OF_SOUND`` seconds. All recordings of a world sha
 (set by the rig's direct path, never per recording or per ear), so interaural level differences
 and the fall-off with distance survive.
 
-Two acoustic models (``ACOUSTIC_MODELS``). ``ideal`` is the above: a loud direct path at time 0,
-sparse image-source reflections (order 3), silence after ~50 ms. ``realistic`` (:class:`Realism`)
-adds what separates a real BatVision V2 recording from that, each part for a physical reason:
+Two acoustic models (``ACOUSTIC_MODELS``). ``ideal`` (the classic world's) is the above: a loud
+direct path at time 0, sparse image-source reflections (order 3), silence after ~50 ms.
+``realistic`` (:class:`Realism`, the default world's) adds what separates a real BatVision V2
+recording from that, each part for a physical reason:
 
 - Emission latency. The playback chain (driver buffers, DAC, a Bluetooth speaker's codec) starts
   the sound milliseconds after the recording does: a real V2 recording is near silent (at its

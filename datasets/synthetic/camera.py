@@ -5,10 +5,11 @@ z-depth (distance along the optical axis), as stereo and structured-light camera
 The complete depth (every pixel's ray cast, no hole) is what the sensor's map would be without
 its holes. Holes (0 in the sensor's map) follow one of two models (``HOLE_MODELS``):
 
-``blobs`` (the default world's): beyond the camera's range, and random dropout blobs covering
+``blobs`` (the classic world's): beyond the camera's range, and random dropout blobs covering
 3-8 % of the image.
 
-``sensor``: where a stereo or time-of-flight depth camera fails, for these physical reasons:
+``sensor`` (the default world's): where a stereo or time-of-flight depth camera fails, for these
+physical reasons:
 
 - far range: beyond the camera's range nothing is reported, and before it the valid returns thin
   out: stereo depth error grows with the square of the distance (disparity shrinks to sub-pixel)

@@ -22,7 +22,7 @@ Room families (one per location folder, cycling through ``ROOM_SETS[rooms]``). T
     Corridor    long narrow corridors (8-18 m), half of them turning an L corner, 0-1 box, hard walls
     Hall        large L- or U-shaped halls (8-14 m, 3-5 m high) with 2-5 box obstacles
 
-The realistic set, ``REALISTIC_FAMILIES`` (opt-in, ``rooms="realistic"``), adds furnished rooms
+The realistic set, ``REALISTIC_FAMILIES`` (the default, ``rooms="realistic"``), adds furnished rooms
 next to those three:
 
     Office            4-8 m rooms: shelves and cabinets against the walls, desks with a chair each
