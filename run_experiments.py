@@ -33,7 +33,10 @@ Worlds: --synthetic_seed 0 and 1 are the development worlds (every choice is mad
 validation RMSE); 2 and 3 are the report worlds, fixed before any run on them, for the headline
 tables. results.md says which one a table is on. Every "best" row of the goal lines is chosen
 by validation RMSE and reported on test; a distillation row is compared with its controls
-(same student, steps and loss structure, without the teacher's information).
+(same student, steps and loss structure, without the teacher's information). quick runs on the
+default (realistic) world; the other synthetic presets stay on the classic world of earlier
+versions, where their tables in RGB_DEPTH_README.md were measured (the --synthetic_acoustics,
+--synthetic_holes and --synthetic_rooms flags move any preset).
 
 Each run is a train_*.py command line (printed before it runs) with its config file plus the
 preset's sizes; the students of a seed distil from that seed's teacher. Every trained run is
