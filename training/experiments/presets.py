@@ -282,20 +282,20 @@ class Preset:
             self, synthetic_seed=self.synthetic_seed + COMPANION_WORLD_OFFSET)
 
 
+# The preset fields of the classic world of earlier versions (every WORLD_OPTIONS' first value):
+# the presets whose tables in RGB_DEPTH_README were measured on it stay on it, so their commands
+# reproduce them, until those tables are measured again on the default (realistic) world.
+CLASSIC_WORLD_FIELDS = {f"synthetic_{name}": values[0] for name, values in WORLD_OPTIONS.items()}
+
 # Decisions: the quick preset's sizes, three seeds, every row a choice or a claim needs (the
 # architecture-by-recipe cells, the U-Net's screening, the gated KD and its controls). Run it on
 # the development worlds (--synthetic_seed 0 and 1) and decide on validation RMSE.
-# The classic world of earlier versions (every WORLD_OPTIONS' first value): the presets whose
-# tables in RGB_DEPTH_README were measured on it stay on it, so their commands reproduce them,
-# until those tables are measured again on the default (realistic) world.
-CLASSIC_WORLD = {f"synthetic_{name}": values[0] for name, values in WORLD_OPTIONS.items()}
-
 DEVELOPMENT = Preset(
     description="synthetic world at 64x64, decisions by validation RMSE (development worlds "
                 "only)",
     dataset="synthetic", config_dir="configs/synthetic", experiments=DEVELOPMENT_ROWS,
     goals="standard", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
-    student_epochs=8, max_depth=15.0, synthetic_size=64, **CLASSIC_WORLD,
+    student_epochs=8, max_depth=15.0, synthetic_size=64, **CLASSIC_WORLD_FIELDS,
     flags=("--num_workers", "0", "--num_val_images", "0"))
 
 
@@ -306,7 +306,7 @@ LABELS = Preset(
     description="synthetic world at 64x64, label-scarce distillation",
     dataset="synthetic", config_dir="configs/synthetic", experiments=LABELS_ROWS,
     goals="labels", seeds=3, image_size=64, batch_size=8, teacher_epochs=10,
-    student_epochs=8, max_depth=15.0, synthetic_size=64, dense_truth=True, **CLASSIC_WORLD,
+    student_epochs=8, max_depth=15.0, synthetic_size=64, dense_truth=True, **CLASSIC_WORLD_FIELDS,
     flags=("--num_workers", "0", "--num_val_images", "0"))
 
 
@@ -328,7 +328,7 @@ PRESETS: Dict[str, Preset] = {
                     "the config files' benchmark",
         dataset="synthetic", config_dir="configs/synthetic", experiments=STANDARD_ROWS,
         goals="standard", seeds=3, image_size=128, batch_size=8, teacher_epochs=20,
-        student_epochs=20, max_depth=15.0, synthetic_size=128, **CLASSIC_WORLD,
+        student_epochs=20, max_depth=15.0, synthetic_size=128, **CLASSIC_WORLD_FIELDS,
         flags=("--num_workers", "0", "--num_val_images", "2")),
     "development": DEVELOPMENT,
     # The headline rows at the development preset's sizes, the largest the 2-core CPU allows for
